@@ -1,0 +1,90 @@
+"""Adam, AMSGrad and AdamW.
+
+Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization", Algorithm 1, with the
+bias-corrected second moment inside the square root and eps added outside it (the paper's and
+PyTorch's placement):
+
+    m_t = beta1 m_{t-1} + (1 - beta1) g_t
+    v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+    theta_t = theta_{t-1} - gamma / (1 - beta1^t) * m_t / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)
+
+AMSGrad (Reddi et al. 2018, "On the Convergence of Adam and Beyond", Algorithm 2) normalizes by
+the running maximum of v_t instead of v_t.
+
+Weight decay is either an L2 term added to the gradient (Adam's classic form) or, for AdamW
+(Loshchilov & Hutter 2019, Algorithm 2 line 12), a decoupled shrink theta <- theta (1 - gamma
+lambda) applied before the moment update, as torch.optim.AdamW does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
+
+State = dict[str, Any]
+
+
+def adam_init(param: Any, *, amsgrad: bool = False, zeros_like: Callable[[Any], Any]) -> State:
+    """Adam's state: step count and the two moment estimates (and their maximum for AMSGrad)."""
+    state: State = {"step": 0, "exp_avg": zeros_like(param), "exp_avg_sq": zeros_like(param)}
+    if amsgrad:
+        state["max_exp_avg_sq"] = zeros_like(param)
+    return state
+
+
+def adam(
+    param: Any,
+    grad: Any,
+    state: State,
+    *,
+    lr: Any,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: float = 1e-8,
+    weight_decay: Any = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    ops: Any,
+) -> tuple[Any, State]:
+    """One Adam step; returns the new parameter and state without modifying the inputs."""
+    if maximize:
+        grad = -grad
+    step = state["step"] + 1
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param = param * (1 - lr * weight_decay)
+        else:
+            grad = grad + weight_decay * param
+    exp_avg = state["exp_avg"] + (1 - beta1) * (grad - state["exp_avg"])
+    exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * (grad * grad)
+    new_state: State = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if amsgrad:
+        exp_avg_sq = ops.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+        new_state["max_exp_avg_sq"] = exp_avg_sq
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    denom = ops.sqrt(exp_avg_sq) / bias_correction2**0.5 + eps
+    return param - (lr / bias_correction1) * (exp_avg / denom), new_state
+
+
+def validate_adam(
+    *,
+    lr: Any,
+    betas: tuple[Any, Any] = (0.9, 0.999),
+    eps: Any = 1e-8,
+    weight_decay: Any = 0.0,
+    **_: Any,
+) -> None:
+    """Raise ValueError naming the argument for any invalid Adam hyperparameter."""
+    at_least("lr", lr, 0.0, "learning rate")
+    at_least("eps", eps, 0.0, "epsilon value")
+    try:
+        beta1, beta2 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))") from None
+    in_unit_interval("betas[0]", beta1, "beta parameter at index 0")
+    in_unit_interval("betas[1]", beta2, "beta parameter at index 1")
+    at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
+    as_float("eps", eps, "epsilon value")

@@ -1,0 +1,86 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and weight decay.
+
+With momentum mu, dampening tau, L2 coefficient lambda and learning rate gamma (PyTorch's
+formulation, Sutskever et al. 2013, "On the importance of initialization and momentum in deep
+learning", eq. 1-2 rewritten with the learning rate outside the buffer):
+
+    g_t = grad f(theta_{t-1})            (negated when maximizing)
+    g_t = g_t + lambda * theta_{t-1}     (L2 penalty; or decoupled, below)
+    b_t = g_t                            at t = 1
+    b_t = mu * b_{t-1} + (1 - tau) g_t   after
+    d_t = g_t + mu * b_t                 Nesterov;  d_t = b_t  otherwise
+    theta_t = theta_{t-1} - gamma d_t
+
+Decoupled weight decay (SGDW, Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization",
+Algorithm 1 line 12) shrinks the parameter directly, theta <- theta (1 - gamma lambda), instead
+of adding lambda theta to the gradient, so the decay is not amplified by the momentum buffer.
+
+Full-batch gradient descent is this rule with momentum 0 and the gradient of the whole data set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sgdlab.algorithms._checks import at_least
+
+State = dict[str, Any]
+
+
+def sgd_init(param: Any, *, momentum: float = 0.0, zeros_like: Any = None) -> State:
+    """SGD's state: the momentum buffer, created from the first gradient (PyTorch convention)."""
+    return {"momentum_buffer": None} if momentum != 0 else {}
+
+
+def sgd(
+    param: Any,
+    grad: Any,
+    state: State,
+    *,
+    lr: Any,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: Any = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    decoupled_weight_decay: bool = False,
+    ops: Any = None,
+) -> tuple[Any, State]:
+    """One SGD step; returns the new parameter and state without modifying the inputs."""
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param = param * (1 - lr * weight_decay)
+        else:
+            grad = grad + weight_decay * param
+    new_state: State = {}
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        # The first buffer is the gradient itself, not (1 - dampening) * gradient: PyTorch's choice,
+        # kept so that checkpoints and trajectories agree with torch.optim.SGD.
+        buf = grad if buf is None else momentum * buf + (1 - dampening) * grad
+        new_state["momentum_buffer"] = buf
+        grad = grad + momentum * buf if nesterov else buf
+    return param - lr * grad, new_state
+
+
+def validate_sgd(
+    *,
+    lr: Any,
+    momentum: Any = 0.0,
+    dampening: Any = 0.0,
+    weight_decay: Any = 0.0,
+    nesterov: bool = False,
+    **_: Any,
+) -> None:
+    """Raise ValueError naming the argument for any invalid SGD hyperparameter."""
+    at_least("lr", lr, 0.0, "learning rate")
+    at_least("momentum", momentum, 0.0, "momentum value")
+    at_least("dampening", dampening, float("-inf"), "dampening value")
+    at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
+    if nesterov and (float(momentum) <= 0 or float(dampening) != 0):
+        raise ValueError(
+            "Nesterov momentum requires a momentum and zero dampening "
+            f"(got momentum={momentum!r}, dampening={dampening!r})"
+        )

@@ -1,0 +1,161 @@
+"""``sgdlab.Adam`` and ``sgdlab.AdamW``: drop-in ``torch.optim.Adam`` / ``AdamW`` running
+``sgdlab.algorithms.adam``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sgdlab.algorithms import adam, adam_init, validate_adam
+from sgdlab.optim.base import RuleOptimizer
+
+
+def _step_dtype(fused: bool) -> torch.dtype:
+    # torch.optim keeps Adam's step count in float32, or float64 when that is the default dtype
+    # (fused kernels always want float32); matching it keeps state_dicts interchangeable.
+    if fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class Adam(RuleOptimizer):
+    """Adam (Kingma & Ba, 2015), optionally AMSGrad and decoupled weight decay (AdamW).
+
+    Same signature, defaults, param-group keys, state layout and numbers as ``torch.optim.Adam``.
+    ``foreach``, ``fused`` and ``capturable`` only choose how the update is executed (``capturable``
+    keeps the step count on the parameter's device, as in torch). The math and its references
+    are in :mod:`sgdlab.algorithms.adam`.
+    """
+
+    rule = staticmethod(adam)
+    validate = staticmethod(validate_adam)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            fused = group.setdefault("fused", None)
+            for param in group["params"]:
+                param_state = self.state.get(param, {})
+                if param_state and not torch.is_tensor(param_state["step"]):
+                    # Checkpoints from old PyTorch versions stored the step as a Python number.
+                    on_device = group["capturable"] or fused
+                    param_state["step"] = torch.tensor(
+                        float(param_state["step"]),
+                        dtype=_step_dtype(bool(fused)),
+                        device=param.device if on_device else None,
+                    )
+
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+            "amsgrad": group["amsgrad"],
+            "maximize": group["maximize"],
+            "decoupled_weight_decay": group["decoupled_weight_decay"],
+        }
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = adam_init(
+            param,
+            amsgrad=group["amsgrad"],
+            zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+        )
+        on_device = group["capturable"] or group["fused"]
+        state["step"] = torch.tensor(
+            float(state["step"]),
+            dtype=_step_dtype(bool(group["fused"])),
+            device=param.device if on_device else None,
+        )
+        return state
+
+    def check_grad(self, param: Tensor, grad: Tensor) -> None:
+        if grad.is_sparse:
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients, "
+                "please consider SparseAdam instead"
+            )
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay, default 1e-2.
+
+    A drop-in ``torch.optim.AdamW``: same signature, defaults, state layout and numbers.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

@@ -1,0 +1,84 @@
+"""The torch.optim contract, once, for every sgdlab rule.
+
+``RuleOptimizer`` is a ``torch.optim.Optimizer``: param groups, ``state`` keyed by parameter,
+``state_dict`` / ``load_state_dict`` with integer ids, hooks, closures and ``zero_grad`` are
+inherited unchanged, which is what makes sgdlab checkpoints interchangeable with torch.optim's.
+A subclass names its rule, maps a param group to the rule's keyword arguments and creates the
+per-parameter state in torch.optim's layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from sgdlab.optim import execution
+
+
+class RuleOptimizer(Optimizer):
+    """Base class: executes ``rule`` over every parameter that has a gradient."""
+
+    rule: ClassVar[Callable[..., Any]]
+    validate: ClassVar[Callable[..., None]]
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        type(self).validate(**defaults)
+        if defaults.get("fused"):
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        # Each group is checked with its own values, not only the defaults (torch.optim checks the
+        # defaults alone, so a group with lr=-1 would be accepted there).
+        group = self.param_groups[-1]
+        type(self).validate(**{k: v for k, v in group.items() if k != "params"})
+
+    # --- what a subclass provides -------------------------------------------------------------
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``rule`` for this param group."""
+        raise NotImplementedError
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """A parameter's state before its first step, in torch.optim's layout."""
+        raise NotImplementedError
+
+    def check_grad(self, param: Tensor, grad: Tensor) -> None:
+        """Reject gradients the rule cannot use (e.g. sparse gradients for Adam)."""
+
+    # --- the step -----------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            for group in self.param_groups:
+                params, grads, states = [], [], []
+                for param in group["params"]:
+                    if param.grad is None:
+                        continue
+                    self.check_grad(param, param.grad)
+                    state = self.state[param]
+                    if not state:
+                        state.update(self.init_state(param, group))
+                    params.append(param)
+                    grads.append(param.grad)
+                    states.append(state)
+                if params:
+                    execution.per_tensor(
+                        type(self).rule,
+                        params,
+                        grads,
+                        states,
+                        self.rule_hyperparameters(group),
+                        capturable=bool(group.get("capturable", False)),
+                    )
+        return loss

@@ -1,0 +1,86 @@
+"""How a rule is executed over a parameter group's tensors.
+
+A rule is pure: it returns new values. Execution writes them back in place, so parameters keep
+their identity (hooks, DDP buckets and FSDP2 DTensors keep pointing at the same tensors) and the
+optimizer state keeps torch.optim's layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+Rule = Callable[..., tuple[Any, dict[str, Any]]]
+
+
+def rule_state(state: dict[str, Any], *, capturable: bool) -> dict[str, Any]:
+    """The state as a rule sees it.
+
+    0-d counters (Adam's ``step``) are handed over as Python numbers unless ``capturable``: torch.optim
+    does the same, which keeps bias corrections in double precision whatever the state dtype.
+    """
+    if capturable:
+        return dict(state)
+    return {
+        key: value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+        for key, value in state.items()
+    }
+
+
+def write_back(state: dict[str, Any], new_state: dict[str, Any]) -> None:
+    """Store a rule's new state in place; entries seen for the first time are copied in."""
+    for key, new in new_state.items():
+        old = state.get(key)
+        if isinstance(old, Tensor):
+            if isinstance(new, Tensor):
+                old.copy_(new)
+            else:
+                old.fill_(new)
+        else:
+            # A fresh entry may alias an input (SGD's first momentum buffer is the gradient):
+            # copy it so that zeroing the gradient later cannot change the state.
+            state[key] = torch.clone(new).detach() if isinstance(new, Tensor) else new
+
+
+def per_tensor(
+    rule: Rule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    hyperparameters: dict[str, Any],
+    *,
+    capturable: bool = False,
+) -> None:
+    """The reference execution: one rule call per tensor, in eager PyTorch."""
+    for param, grad, state in zip(params, grads, states):
+        if torch.is_complex(param):
+            _complex_step(rule, param, grad, state, hyperparameters, capturable)
+            continue
+        new_param, new_state = rule(
+            param, grad, rule_state(state, capturable=capturable), ops=torch, **hyperparameters
+        )
+        param.copy_(new_param)
+        write_back(state, new_state)
+
+
+def _complex_step(rule, param, grad, state, hyperparameters, capturable) -> None:
+    # Complex parameters are optimized as pairs of reals (torch.optim's convention), so Adam's
+    # second moment is taken per real component, not as the complex square g*g.
+    real_state = {
+        key: torch.view_as_real(value) if isinstance(value, Tensor) and value.is_complex() else value
+        for key, value in state.items()
+    }
+    new_param, new_state = rule(
+        torch.view_as_real(param),
+        torch.view_as_real(grad),
+        rule_state(real_state, capturable=capturable),
+        ops=torch,
+        **hyperparameters,
+    )
+    torch.view_as_real(param).copy_(new_param)
+    write_back(real_state, new_state)
+    for key, value in real_state.items():
+        if isinstance(value, Tensor) and not isinstance(state.get(key), Tensor):
+            state[key] = torch.view_as_complex(value)

@@ -1,0 +1,80 @@
+"""``sgdlab.SGD``: a drop-in ``torch.optim.SGD`` (plus SGDW) running ``sgdlab.algorithms.sgd``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from sgdlab.algorithms import sgd, validate_sgd
+from sgdlab.optim.base import RuleOptimizer
+
+
+class SGD(RuleOptimizer):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum and weight decay.
+
+    Same signature, defaults, param-group keys, state layout and numbers as ``torch.optim.SGD``;
+    ``decoupled_weight_decay=True`` gives SGDW, where the decay shrinks the weights by
+    ``lr * weight_decay`` directly instead of going through the momentum buffer.
+    ``foreach`` and ``fused`` only choose how the update is executed, never what it computes.
+    The math and its references are in :mod:`sgdlab.algorithms.sgd`.
+    """
+
+    rule = staticmethod(sgd)
+    validate = staticmethod(validate_sgd)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            # Groups loaded from torch.optim.SGD (or an older sgdlab) lack these keys.
+            group.setdefault("nesterov", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("differentiable", False)
+            group.setdefault("fused", False)
+            group.setdefault("decoupled_weight_decay", False)
+
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["lr"],
+            "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "weight_decay": group["weight_decay"],
+            "nesterov": group["nesterov"],
+            "maximize": group["maximize"],
+            "decoupled_weight_decay": group.get("decoupled_weight_decay", False),
+        }
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        # torch.optim.SGD creates the buffer from the first gradient and keeps no state at all
+        # without momentum; the rule treats a missing buffer as "first step".
+        return {}
