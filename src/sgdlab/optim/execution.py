@@ -15,16 +15,18 @@ from torch import Tensor
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
 
-def rule_state(state: dict[str, Any], *, capturable: bool) -> dict[str, Any]:
-    """The state as a rule sees it.
+# State entries that count steps. torch.optim stores them as 0-d tensors but, unless
+# ``capturable``, reads them as Python numbers, which keeps bias corrections in double precision
+# whatever the state dtype; rules see them the same way.
+COUNTERS = ("step",)
 
-    0-d counters (Adam's ``step``) are handed over as Python numbers unless ``capturable``: torch.optim
-    does the same, which keeps bias corrections in double precision whatever the state dtype.
-    """
+
+def rule_state(state: dict[str, Any], *, capturable: bool) -> dict[str, Any]:
+    """The state as a rule sees it: counters as numbers unless ``capturable``."""
     if capturable:
         return dict(state)
     return {
-        key: value.item() if isinstance(value, Tensor) and value.dim() == 0 else value
+        key: value.item() if key in COUNTERS and isinstance(value, Tensor) else value
         for key, value in state.items()
     }
 
