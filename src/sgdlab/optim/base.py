@@ -66,9 +66,9 @@ class RuleOptimizer(Optimizer):
                     if param.grad is None:
                         continue
                     self.check_grad(param, param.grad)
-                    state = self.state[param]
-                    if not state:
-                        state.update(self.init_state(param, group))
+                    # A parameter enters self.state only once it has state (as in torch.optim,
+                    # plain SGD keeps none, and its state_dict lists no entries).
+                    state = self.state.get(param) or self.init_state(param, group)
                     params.append(param)
                     grads.append(param.grad)
                     states.append(state)
@@ -81,4 +81,7 @@ class RuleOptimizer(Optimizer):
                         self.rule_hyperparameters(group),
                         capturable=bool(group.get("capturable", False)),
                     )
+                    for param, state in zip(params, states):
+                        if state and param not in self.state:
+                            self.state[param] = state
         return loss
