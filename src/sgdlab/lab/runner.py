@@ -1,0 +1,573 @@
+"""Training runs and races.
+
+:func:`train_run` trains one optimizer spec with one seed on a task and evaluates after every
+epoch; :func:`run_race` runs optimizers x seeds in parallel worker processes, logs every
+evaluation to ``runs.jsonl`` and writes the report directory. Both resume from checkpoints.
+
+One evaluation is a *record*, a flat dict::
+
+    {"run": "sgd-seed0-1a2b3c4d", "task": "digits", "optimizer": "sgd", "spec": "sgd", "seed": 0,
+     "epoch": 3, "step": 135, "examples": 4314, "time": 0.41,          # training seconds so far
+     "train_loss": 0.21, "test_loss": 0.25, "train_accuracy": 0.95, "test_accuracy": 0.93,
+     "diverged": false}
+
+Epoch 0 is the untrained model. Reusing it from Python, e.g. for a tuner that prunes::
+
+    from sgdlab.lab.runner import train_run
+    from sgdlab.lab.specs import parse_spec
+    from sgdlab.lab.tasks import get_task
+
+    def report(record):                      # called after each evaluation, in this process
+        trial.report(record["test_accuracy"], record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()       # propagates out of train_run
+
+    result = train_run(get_task("digits"), parse_spec("sgd:lr=0.05"), seed=0, epochs=10, on_eval=report)
+    result.status, result.final["test_accuracy"]
+
+Same seed, same spec, same task and budget give the same numbers (the model is initialized and the
+data shuffled from the seed; workers run single-threaded). A time budget is the exception: where it
+stops depends on the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from sgdlab.lab.specs import OptimizerSpec
+from sgdlab.lab.tasks import Task
+
+FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
+_EVAL_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """When a run stops: after ``epochs`` epochs, ``steps`` optimizer steps or ``time_budget``
+    seconds of training, whichever comes first (unset limits do not apply; all unset means the
+    task's default epochs)."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "steps", "time_budget"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value!r} (expected a positive number)")
+
+    def resolve(self, task: Task) -> "Budget":
+        if self.epochs is None and self.steps is None and self.time_budget is None:
+            return Budget(epochs=task.epochs)
+        return self
+
+    def fraction(self, epoch: int, step: int, seconds: float) -> float:
+        """How much of the budget has been used, in [0, 1]."""
+        used = [0.0]
+        if self.epochs:
+            used.append(epoch / self.epochs)
+        if self.steps:
+            used.append(step / self.steps)
+        if self.time_budget:
+            used.append(seconds / self.time_budget)
+        return min(1.0, max(used))
+
+    def exhausted(self, epoch: int, step: int, seconds: float) -> bool:
+        return (
+            (self.epochs is not None and epoch >= self.epochs)
+            or (self.steps is not None and step >= self.steps)
+            or (self.time_budget is not None and seconds >= self.time_budget)
+        )
+
+    def describe(self) -> str:
+        parts = []
+        if self.epochs:
+            parts.append(f"{self.epochs} epochs")
+        if self.steps:
+            parts.append(f"{self.steps} steps")
+        if self.time_budget:
+            parts.append(f"{self.time_budget:g} s")
+        return " or ".join(parts) or "the task's default"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of one run: its records (one per evaluation) and how it ended."""
+
+    run_id: str
+    optimizer: str
+    seed: int
+    status: str
+    records: list[dict[str, Any]]
+    error: str | None = None
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.records[-1] if self.records else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_id(task: Task, spec: OptimizerSpec, seed: int, budget: Budget, batch_size: int) -> str:
+    """A stable name for a run: what it trains decides it, so a rerun finds its checkpoint."""
+    key = json.dumps(
+        [task.name, task.fingerprint(), spec.name, sorted((k, repr(v)) for k, v in spec.resolved(task).items()),
+         spec.full_batch, seed, dataclasses.astuple(budget), batch_size],
+    )
+    slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.label).strip("_")[:40] or "opt"
+    return f"{slug}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict[str, float]]:
+    """Mean loss and the task's metrics over (x, y), in chunks, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model(x[i : i + _EVAL_CHUNK]) for i in range(0, len(x), _EVAL_CHUNK)])
+    model.train(was_training)
+    loss = float(task.loss(outputs, y))
+    return loss, {name: float(fn(outputs, y)) for name, fn in task.metrics.items()}
+
+
+def _switch(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    # Schedule-free optimizers evaluate at a different point than they train at and expose
+    # optimizer.train() / optimizer.eval() to switch; other optimizers have no such methods.
+    method = getattr(optimizer, mode, None)
+    if callable(method):
+        method()
+
+
+def train_run(
+    task: Task,
+    spec: OptimizerSpec,
+    seed: int = 0,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    batch_size: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    on_eval: Callable[[dict[str, Any]], Any] | None = None,
+    on_progress: Callable[[float], Any] | None = None,
+) -> RunResult:
+    """Train ``spec`` on ``task`` from ``seed``; evaluate (train and test loss and metrics) at the
+    start and after every epoch, calling ``on_eval(record)`` each time.
+
+    ``gd``-like specs (full batch) take one step per epoch on the whole training set. A loss that
+    becomes NaN or infinite ends the run with status ``"diverged"``. With ``checkpoint`` (a file
+    path), the run saves its state after every evaluation and, when the file exists, continues
+    from it (a finished run returns at once with its records); killing the process loses at most
+    the epoch in progress. Exceptions raised by ``on_eval`` (e.g. a tuner's prune signal) propagate.
+    """
+    budget = Budget(epochs, steps, time_budget).resolve(task)
+    batch = task.n_train if spec.full_batch else int(batch_size or task.batch_size)
+    if batch < 1:
+        raise ValueError(f"batch_size={batch} (expected >= 1)")
+    rid = run_id(task, spec, seed, budget, batch)
+    path = Path(checkpoint) if checkpoint is not None else None
+
+    torch.manual_seed(seed)
+    model = task.model()
+    optimizer = spec.build(model.parameters(), task)
+    shuffle = torch.Generator().manual_seed(seed)
+    epoch, step, examples, seconds = 0, 0, 0, 0.0
+    records: list[dict[str, Any]] = []
+    status = None
+
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=False)
+        records = saved["records"]
+        status = saved["status"]
+        if status is not None:
+            return RunResult(rid, spec.label, seed, status, records, saved.get("error"))
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        shuffle.set_state(saved["shuffle"])
+        epoch, step, examples, seconds = saved["epoch"], saved["step"], saved["examples"], saved["seconds"]
+
+    def save() -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "records": records, "status": status, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "shuffle": shuffle.get_state(),
+            "epoch": epoch, "step": step, "examples": examples, "seconds": seconds,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one
+
+    def record(diverged: bool, partial_epoch: float | None = None) -> dict[str, Any]:
+        _switch(optimizer, "eval")
+        train_loss, train_metrics = evaluate(task, model, task.x_train, task.y_train)
+        test_loss, test_metrics = evaluate(task, model, task.x_test, task.y_test)
+        _switch(optimizer, "train")
+        diverged = diverged or not (math.isfinite(train_loss) and math.isfinite(test_loss))
+        entry: dict[str, Any] = {
+            "run": rid, "task": task.name, "optimizer": spec.label, "spec": spec.text, "seed": seed,
+            "epoch": partial_epoch if partial_epoch is not None else epoch, "step": step,
+            "examples": examples, "time": round(seconds, 6),
+            "train_loss": _finite_or_none(train_loss), "test_loss": _finite_or_none(test_loss),
+        }
+        entry.update({f"train_{k}": v for k, v in train_metrics.items()})
+        entry.update({f"test_{k}": v for k, v in test_metrics.items()})
+        entry["diverged"] = diverged
+        records.append(entry)
+        return entry
+
+    def publish(entry: dict[str, Any]) -> None:
+        save()
+        if on_progress is not None:
+            on_progress(budget.fraction(epoch, step, seconds))
+        if on_eval is not None:
+            on_eval(entry)
+
+    model.train()
+    _switch(optimizer, "train")
+    if not records:
+        entry = record(False)
+        if entry["diverged"]:
+            status = DIVERGED
+        publish(entry)
+
+    x, y = task.x_train, task.y_train
+    while status is None:
+        order = torch.randperm(task.n_train, generator=shuffle) if batch < task.n_train else None
+        diverged, stopped_early = False, False
+        start = time.perf_counter()
+        for first in range(0, task.n_train, batch):
+            index = order[first : first + batch] if order is not None else slice(None)
+            xb, yb = x[index], y[index]
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.loss(model(xb), yb)
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure)
+            step += 1
+            examples += len(yb)
+            if loss is not None and not math.isfinite(float(loss.detach() if torch.is_tensor(loss) else loss)):
+                diverged = True
+                break
+            if budget.exhausted(epoch, step, seconds + time.perf_counter() - start):
+                stopped_early = first + batch < task.n_train
+                break
+        seconds += time.perf_counter() - start
+        partial = None
+        if diverged or stopped_early:
+            partial = round(examples / task.n_train, 4)  # epochs of data seen, a fraction
+        else:
+            epoch += 1
+        entry = record(diverged, partial)
+        if entry["diverged"]:
+            status = DIVERGED
+        elif partial is not None or budget.exhausted(epoch, step, seconds):
+            status = FINISHED
+        publish(entry)
+    return RunResult(rid, spec.label, seed, status, records)
+
+
+# --- races -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RaceResult:
+    task: Task
+    specs: list[OptimizerSpec]
+    seeds: list[int]
+    budget: Budget
+    batch_size: int
+    runs: list[RunResult]
+    out: Path | None
+    elapsed: float
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for run in self.runs for r in run.records]
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_out(task_name: str) -> Path:
+    return Path("runs") / f"compare-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(task: Task, queue: Any) -> None:
+    torch.set_num_threads(1)  # several processes share the cores: one thread each
+    _WORKER["task"], _WORKER["queue"] = task, queue
+
+
+def _worker_job(spec: OptimizerSpec, seed: int, budget: Budget, batch_size: int | None, checkpoint: str) -> RunResult:
+    task, queue = _WORKER["task"], _WORKER["queue"]
+    return _guarded_run(
+        task, spec, seed, budget, batch_size, checkpoint,
+        on_eval=lambda r: queue.put(("eval", r)),
+        on_progress=lambda f, label=(spec.label, seed): queue.put(("progress", label, f)),
+    )
+
+
+def _guarded_run(task, spec, seed, budget, batch_size, checkpoint, on_eval, on_progress) -> RunResult:
+    try:
+        return train_run(
+            task, spec, seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
+            batch_size=batch_size, checkpoint=checkpoint, on_eval=on_eval, on_progress=on_progress,
+        )
+    except Exception as error:  # a bug in one optimizer must not take the race down
+        return RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
+
+
+def _load_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        with open(path) as handle:
+            for line in handle:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a line cut by a kill
+    return rows
+
+
+def _record_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (record["run"], record["epoch"], record["step"])
+
+
+def run_race(
+    task: Task,
+    specs: Sequence[OptimizerSpec],
+    seeds: int | Iterable[int] = 3,
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    console: Any = None,
+) -> RaceResult:
+    """Run every spec with every seed (``seeds``: a count, 0..N-1, or explicit seeds).
+
+    ``workers`` processes (default: the usable cores) run the runs in parallel, one torch thread
+    each. With ``out``, every evaluation is appended to ``out/runs.jsonl`` and every run
+    checkpoints to ``out/checkpoints/``: calling again with the same arguments and ``out`` skips
+    finished runs and continues interrupted ones. Reports are written by
+    :func:`sgdlab.lab.report.write_report`.
+    """
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    specs = list(specs)
+    if not specs:
+        raise ValueError("specs: expected at least one optimizer")
+    budget = Budget(epochs, steps, time_budget).resolve(task)
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers={workers} (expected >= 1)")
+    out_dir = Path(out) if out is not None else None
+    jobs = [(spec, seed) for spec in specs for seed in seeds]
+
+    log_path = None
+    logged: set[tuple[Any, ...]] = set()
+    checkpoints: dict[tuple[str, int], str | None] = {}
+    if out_dir is not None:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        log_path = out_dir / "runs.jsonl"
+        logged = {_record_key(r) for r in _load_jsonl(log_path)}
+    for spec, seed in jobs:
+        batch = task.n_train if spec.full_batch else int(batch_size or task.batch_size)
+        rid = run_id(task, spec, seed, budget, batch)
+        checkpoints[(spec.label, seed)] = str(out_dir / "checkpoints" / f"{rid}.pt") if out_dir else None
+    if out_dir is not None:
+        _write_race_json(out_dir, task, specs, seeds, budget, batch_size)
+
+    log_handle = open(log_path, "a") if log_path is not None else None
+
+    def log(record: dict[str, Any]) -> None:
+        key = _record_key(record)
+        if log_handle is not None and key not in logged:
+            log_handle.write(json.dumps(record) + "\n")
+            log_handle.flush()
+            logged.add(key)
+
+    started = time.perf_counter()
+    bars = _Progress(jobs, enabled=progress, console=console)
+    results: dict[tuple[str, int], RunResult] = {}
+    try:
+        with bars:
+            if workers == 1 or len(jobs) == 1:
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)  # the same numbers as in worker processes
+                try:
+                    for spec, seed in jobs:
+                        key = (spec.label, seed)
+                        bars.start(key)
+                        result = _guarded_run(
+                            task, spec, seed, budget, batch_size, checkpoints[key],
+                            on_eval=log, on_progress=lambda f, key=key: bars.update(key, f),
+                        )
+                        results[key] = result
+                        bars.finish(key, result)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                results = _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bars)
+    finally:
+        if log_handle is not None:
+            log_handle.close()
+
+    runs = [results[(spec.label, seed)] for spec, seed in jobs]
+    if log_path is not None:  # records saved in checkpoints but cut from the log by a kill
+        with open(log_path, "a") as handle:
+            for run in runs:
+                for record in run.records:
+                    if _record_key(record) not in logged:
+                        handle.write(json.dumps(record) + "\n")
+                        logged.add(_record_key(record))
+    return RaceResult(task, specs, seeds, budget, int(batch_size or task.batch_size), runs, out_dir,
+                      time.perf_counter() - started)
+
+
+def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bars) -> dict:
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
+    messages = context.Queue()
+    results: dict[tuple[str, int], RunResult] = {}
+    executor = ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+        initargs=(task, messages),
+    )
+
+    def drain(timeout: float) -> None:
+        try:
+            while True:
+                message = messages.get(timeout=timeout)
+                timeout = 0.0
+                if message[0] == "eval":
+                    log(message[1])
+                elif message[0] == "progress":
+                    bars.update(message[1], message[2])
+        except queue_module.Empty:
+            pass
+
+    try:
+        futures = {
+            executor.submit(_worker_job, spec, seed, budget, batch_size, checkpoints[(spec.label, seed)]): (spec, seed)
+            for spec, seed in jobs
+        }
+        pending = set(futures)
+        while pending:
+            drain(0.1)
+            done, pending = wait(pending, timeout=0.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                spec, seed = futures[future]
+                try:
+                    result = future.result()
+                except Exception as error:  # a worker process that died (killed, out of memory)
+                    result = RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
+                results[(spec.label, seed)] = result
+                bars.finish((spec.label, seed), result)
+        drain(0.2)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _write_race_json(out_dir, task, specs, seeds, budget, batch_size) -> None:
+    from sgdlab import __version__
+
+    race = {
+        "task": task.name, "description": task.description, "fingerprint": task.fingerprint(),
+        "optimizers": [s.to_dict() | {"resolved": {k: repr(v) for k, v in s.resolved(task).items()},
+                                      "full_batch": s.full_batch} for s in specs],
+        "seeds": seeds, "budget": dataclasses.asdict(budget), "batch_size": batch_size or task.batch_size,
+        "sgdlab": __version__, "torch": torch.__version__,
+    }
+    (out_dir / "race.json").write_text(json.dumps(race, indent=2) + "\n")
+
+
+class _Progress:
+    """One rich progress bar per optimizer (its seeds' runs together) and one for the race."""
+
+    def __init__(self, jobs, enabled: bool, console: Any = None) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+        )
+        labels = list(dict.fromkeys(spec.label for spec, _ in jobs))
+        width = max(len(label) for label in labels + ["all runs"])
+        self.rows = {
+            label: self.progress.add_task(label.ljust(width), total=sum(1 for s, _ in jobs if s.label == label),
+                                          status="")
+            for label in labels
+        }
+        self.done: dict[tuple[str, int], float] = {(spec.label, seed): 0.0 for spec, seed in jobs}
+        self.counts: dict[str, dict[str, int]] = {label: {} for label in labels}
+        self.overall = self.progress.add_task("all runs".ljust(width), total=len(jobs), status="")
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+    def start(self, key) -> None:
+        pass
+
+    def update(self, key, fraction: float) -> None:
+        if self.enabled:
+            self.done[tuple(key)] = fraction
+            self._refresh(key[0])
+
+    def _refresh(self, label: str) -> None:
+        completed = sum(f for (l, _), f in self.done.items() if l == label)
+        status = ", ".join(f"[red]{n} {what}" for what, n in self.counts[label].items())
+        self.progress.update(self.rows[label], completed=completed, status=status)
+        self.progress.update(self.overall, completed=sum(self.done.values()))
+
+    def finish(self, key, result: RunResult) -> None:
+        if self.enabled:
+            self.done[tuple(key)] = 1.0
+            if result.status != FINISHED:
+                counts = self.counts[key[0]]
+                counts[result.status] = counts.get(result.status, 0) + 1
+            self._refresh(key[0])
