@@ -6,8 +6,17 @@
 The math lives in :mod:`sgdlab.algorithms`; the PyTorch classes in :mod:`sgdlab.optim`.
 """
 
-from sgdlab.optim import SGD, Adam, AdamW
+from sgdlab.optim import SAM, SGD, SWATS, Adam, AdamW, ScheduleFreeAdamW, ScheduleFreeSGD
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adam", "AdamW", "__version__"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "SWATS",
+    "ScheduleFreeSGD",
+    "ScheduleFreeAdamW",
+    "SAM",
+    "__version__",
+]

@@ -12,5 +12,28 @@ paths only decide *where and how* a rule is executed; none of them contains opti
 
 from sgdlab.algorithms.adam import adam, adam_init, validate_adam
 from sgdlab.algorithms.sgd import sgd, sgd_init, validate_sgd
+from sgdlab.algorithms.sam import validate_sam
+from sgdlab.algorithms.schedule_free import (
+    schedule_free_adamw,
+    schedule_free_schedule,
+    schedule_free_sgd,
+    validate_schedule_free_adamw,
+    validate_schedule_free_sgd,
+)
+from sgdlab.algorithms.swats import validate_swats
 
-__all__ = ["adam", "adam_init", "validate_adam", "sgd", "sgd_init", "validate_sgd"]
+__all__ = [
+    "adam",
+    "adam_init",
+    "validate_adam",
+    "sgd",
+    "sgd_init",
+    "validate_sgd",
+    "schedule_free_sgd",
+    "schedule_free_adamw",
+    "schedule_free_schedule",
+    "validate_schedule_free_sgd",
+    "validate_schedule_free_adamw",
+    "validate_swats",
+    "validate_sam",
+]

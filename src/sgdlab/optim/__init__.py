@@ -4,5 +4,17 @@
 from sgdlab.optim.adam import Adam, AdamW
 from sgdlab.optim.base import RuleOptimizer
 from sgdlab.optim.sgd import SGD
+from sgdlab.optim.sam import SAM
+from sgdlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
+from sgdlab.optim.swats import SWATS
 
-__all__ = ["Adam", "AdamW", "RuleOptimizer", "SGD"]
+__all__ = [
+    "Adam",
+    "AdamW",
+    "RuleOptimizer",
+    "SGD",
+    "SAM",
+    "SWATS",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
+]

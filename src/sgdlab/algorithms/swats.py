@@ -1,0 +1,103 @@
+"""SWATS: start with Adam, switch to SGD with momentum once Adam's implied learning rate settles.
+
+Keskar & Socher 2017, "Improving Generalization Performance by Switching from Adam to SGD",
+Algorithm 1. SWATS is not a new update rule but a composition of two existing ones, so it reuses
+:func:`sgdlab.algorithms.adam.adam` and :func:`sgdlab.algorithms.sgd.sgd` unchanged and adds only
+the switching logic below. In the Adam phase, after each Adam step p_k (the change Adam made to
+the parameters) with gradient g_k, the SGD learning rate that would have moved as far along
+-g_k as Adam's step did, measured by the projection of p_k on g_k, is
+
+    gamma_k = p_k^T p_k / (-p_k^T g_k)                               (only when p_k^T g_k != 0)
+    lambda_k = beta2 lambda_{k-1} + (1 - beta2) gamma_k              an exponential average
+    Lambda_k = lambda_k / (1 - beta2^k)                              its bias-corrected value
+
+and the method switches when the estimate has converged, |Lambda_k - gamma_k| < epsilon, k > 1.
+From then on it runs SGD with heavy-ball momentum beta1, v_k = beta1 v_{k-1} + g_k starting from
+v = 0, and x_k = x_{k-1} - (1 - beta1) Lambda v_k: that is exactly ``sgd`` with momentum beta1
+and learning rate (1 - beta1) Lambda, whose first buffer is the gradient itself.
+
+Where the dot products are taken. Algorithm 1 treats all parameters as one vector; the authors
+note that the estimate can be made per layer instead. sgdlab takes them over a *param group*:
+with the usual single group this is Algorithm 1 as printed, and a user who wants the per-layer
+variant gives each layer its own group. Groups therefore switch independently, each with its own
+switch step and SGD learning rate.
+
+Departures from Algorithm 1, all small and deliberate:
+- the Adam step is sgdlab's (PyTorch's) Adam, with eps added to sqrt(v_k / (1 - beta2^k)) rather
+  than to sqrt(v_k); the difference is eps * (1 - sqrt(1 - beta2^k)) in the denominator;
+- the switch also requires Lambda_k > 0: a negative estimate (Adam's step pointing uphill on
+  average, possible with noisy gradients) can never be a learning rate;
+- ``switch_at`` (for experiments) replaces the criterion by a fixed number of Adam steps.
+With L2 weight decay, g_k is the gradient including the decay term, the one both phases follow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sgdlab.algorithms._checks import as_float, at_least
+from sgdlab.algorithms.adam import validate_adam
+
+
+def projection_terms(old_param: Any, new_param: Any, grad: Any, *, ops: Any) -> tuple[Any, Any]:
+    """This tensor's share of p^T p and p^T g, with p = new_param - old_param (Adam's step)."""
+    p = new_param - old_param
+    return ops.sum(p * p), ops.sum(p * grad)
+
+
+class Estimate(NamedTuple):
+    lr_estimate: float  # lambda_k, the running (not bias-corrected) average
+    gamma: float | None  # gamma_k, or None when p_k^T g_k == 0 (no estimate at this step)
+
+
+def update_lr_estimate(
+    lr_estimate: float, step_sq: float, step_dot_grad: float, *, beta2: float
+) -> Estimate:
+    """lambda_k from lambda_{k-1} and the group's p_k^T p_k and p_k^T g_k."""
+    if step_dot_grad == 0:
+        return Estimate(lr_estimate, None)
+    gamma = step_sq / -step_dot_grad
+    return Estimate(beta2 * lr_estimate + (1 - beta2) * gamma, gamma)
+
+
+def corrected_lr_estimate(lr_estimate: float, *, beta2: float, step: int) -> float:
+    """Lambda_k = lambda_k / (1 - beta2^k)."""
+    return lr_estimate / (1 - beta2**step)
+
+
+def should_switch(
+    lr_estimate: float, gamma: float | None, *, beta2: float, step: int, tolerance: float
+) -> bool:
+    """The paper's criterion, plus Lambda_k > 0 (see the module docstring)."""
+    if gamma is None or step <= 1:
+        return False
+    corrected = corrected_lr_estimate(lr_estimate, beta2=beta2, step=step)
+    return corrected > 0 and abs(corrected - gamma) < tolerance
+
+
+def sgd_learning_rate(lr_estimate: float, *, beta1: float, beta2: float, step: int) -> float:
+    """The ``lr`` of ``sgd`` (momentum beta1) equal to Algorithm 1's step (1 - beta1) Lambda_k."""
+    return (1 - beta1) * corrected_lr_estimate(lr_estimate, beta2=beta2, step=step)
+
+
+def validate_swats(
+    *,
+    lr: Any,
+    betas: Any = (0.9, 0.999),
+    eps: Any = 1e-9,
+    weight_decay: Any = 0.0,
+    switch_tol: Any = 1e-9,
+    switch_at: Any = None,
+    **_: Any,
+) -> None:
+    """Raise ValueError naming the argument for any invalid SWATS hyperparameter."""
+    validate_adam(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    at_least("switch_tol", switch_tol, 0.0, "switch tolerance")
+    as_float("switch_tol", switch_tol, "switch tolerance")
+    if switch_at is not None and (
+        isinstance(switch_at, bool) or not isinstance(switch_at, int) or switch_at < 1
+    ):
+        raise ValueError(
+            f"Invalid switch_at: switch_at={switch_at!r} "
+            "(expected None or an integer >= 1: the number of Adam steps before switching)"
+        )

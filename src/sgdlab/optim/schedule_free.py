@@ -1,0 +1,230 @@
+"""``sgdlab.ScheduleFreeSGD`` and ``sgdlab.ScheduleFreeAdamW`` running
+``sgdlab.algorithms.schedule_free`` (Defazio et al. 2024, "The Road Less Scheduled").
+
+No learning-rate scheduler is needed (nor wanted): give a constant ``lr`` and, if you like, a
+linear ``warmup_steps``. The parameters hold the *training* point y while training and must be
+moved to the *averaged* point x before evaluating or saving, so call ``optimizer.train()`` next
+to ``model.train()`` and ``optimizer.eval()`` next to ``model.eval()``::
+
+    optimizer = sgdlab.ScheduleFreeAdamW(model.parameters(), lr=2.5e-3, warmup_steps=100)
+    for epoch in range(epochs):
+        model.train(); optimizer.train()
+        for x, y in loader:
+            optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+        model.eval(); optimizer.eval()
+        evaluate(model)                 # at x, the average
+    torch.save(optimizer.state_dict(), path)   # in eval mode, like the model's weights
+
+An optimizer starts in eval mode (nothing to move yet) and ``step`` refuses to run outside train
+mode. Param-group keys and state follow the ``schedulefree`` package (``k``, ``train_mode``,
+``weight_sum``, ``lr_max``, ``scheduled_lr``; state ``z`` and ``exp_avg_sq``), so checkpoints load
+both ways. Models with BatchNorm need their running statistics recomputed at x before
+evaluation (a few forward passes in train mode after ``optimizer.eval()``), as the paper notes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from sgdlab.algorithms.schedule_free import (
+    schedule_free_adamw,
+    schedule_free_adamw_init,
+    schedule_free_eval_point,
+    schedule_free_schedule,
+    schedule_free_sgd,
+    schedule_free_sgd_init,
+    schedule_free_train_point,
+    validate_schedule_free_adamw,
+    validate_schedule_free_sgd,
+)
+from sgdlab.optim.base import RuleOptimizer
+
+
+def _clone(param: Tensor) -> Tensor:
+    return torch.clone(param, memory_format=torch.preserve_format).detach()
+
+
+class _ScheduleFree(RuleOptimizer):
+    """The part shared by both methods: the schedule, train/eval switching and the step."""
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
+        self._ckp1: dict[int, float] = {}
+        super().__init__(params, defaults)
+
+    def interpolation_beta(self, group: dict[str, Any]) -> float:
+        """The beta of y = (1 - beta) z + beta x for this group."""
+        raise NotImplementedError
+
+    @property
+    def train_mode(self) -> bool:
+        """True while the parameters hold the training point y."""
+        return all(group["train_mode"] for group in self.param_groups)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Move the parameters to x, the average, for evaluation and checkpoints."""
+        self._move(to_train=False)
+
+    @torch.no_grad()
+    def train(self, mode: bool = True) -> None:
+        """Move the parameters to y, where training takes gradients (``train(False)`` = ``eval()``)."""
+        self._move(to_train=mode)
+
+    def _move(self, *, to_train: bool) -> None:
+        move = schedule_free_train_point if to_train else schedule_free_eval_point
+        for group in self.param_groups:
+            if group["train_mode"] == to_train:
+                continue
+            beta = self.interpolation_beta(group)
+            for param in group["params"]:
+                z = self.state.get(param, {}).get("z")
+                if z is not None:
+                    param.copy_(move(param, z.to(param.device), beta=beta))
+            group["train_mode"] = to_train
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One schedule-free step; ``closure`` re-evaluates the model and returns the loss."""
+        if not self.train_mode:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() was called in eval mode: call optimizer.train() "
+                "before training steps and optimizer.eval() before evaluating or saving "
+                "(the parameters hold a different point in each mode)"
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # The schedule advances for every group at every step, with or without gradients, as in
+        # the reference implementation (the averaging weights depend on the step count only).
+        for group in self.param_groups:
+            schedule = schedule_free_schedule(
+                group["k"],
+                lr=group["lr"],
+                warmup_steps=group["warmup_steps"],
+                r=group["r"],
+                weight_lr_power=group["weight_lr_power"],
+                lr_max=group["lr_max"],
+                weight_sum=group["weight_sum"],
+            )
+            group["scheduled_lr"] = schedule.lr
+            group["lr_max"] = schedule.lr_max
+            group["weight_sum"] = schedule.weight_sum
+            self._ckp1[id(group)] = schedule.ckp1
+        try:
+            super().step()
+        finally:
+            self._ckp1.clear()
+        for group in self.param_groups:
+            group["k"] += 1
+        return loss
+
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["scheduled_lr"],
+            "ckp1": self._ckp1[id(group)],
+            "weight_decay": group["weight_decay"],
+        }
+
+
+class ScheduleFreeSGD(_ScheduleFree):
+    """Schedule-free SGD (Defazio et al. 2024): momentum by interpolation, no LR schedule.
+
+    Same arguments, defaults and numbers as ``schedulefree.SGDScheduleFree``. ``momentum`` is the
+    interpolation beta (0 < momentum < 1), ``weight_decay`` an L2 term taken at y, ``r`` and
+    ``weight_lr_power`` shape the averaging weights, ``foreach`` is accepted for compatibility.
+    The math is in :mod:`sgdlab.algorithms.schedule_free`.
+    """
+
+    rule = staticmethod(schedule_free_sgd)
+    validate = staticmethod(validate_schedule_free_sgd)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "r": r,
+            "warmup_steps": warmup_steps,
+            "weight_lr_power": weight_lr_power,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+        }
+        super().__init__(params, defaults)
+
+    def interpolation_beta(self, group: dict[str, Any]) -> float:
+        return group["momentum"]
+
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super().rule_hyperparameters(group), "momentum": group["momentum"]}
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return schedule_free_sgd_init(param, clone=_clone)
+
+
+class ScheduleFreeAdamW(_ScheduleFree):
+    """Schedule-free AdamW (Defazio et al. 2024): Adam's RMS normalization, no LR schedule.
+
+    Same arguments, defaults and numbers as ``schedulefree.AdamWScheduleFree``. ``betas[0]`` is the
+    interpolation beta, ``betas[1]`` the RMS decay; ``weight_decay`` is decoupled and taken at y.
+    The math is in :mod:`sgdlab.algorithms.schedule_free`.
+    """
+
+    rule = staticmethod(schedule_free_adamw)
+    validate = staticmethod(validate_schedule_free_adamw)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.0025,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        warmup_steps: int = 0,
+        r: float = 0.0,
+        weight_lr_power: float = 2.0,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            "eps": eps,
+            "r": r,
+            "warmup_steps": warmup_steps,
+            "weight_lr_power": weight_lr_power,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+        }
+        super().__init__(params, defaults)
+
+    def interpolation_beta(self, group: dict[str, Any]) -> float:
+        return group["betas"][0]
+
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            **super().rule_hyperparameters(group),
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "step": group["k"] + 1,
+        }
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return schedule_free_adamw_init(
+            param,
+            clone=_clone,
+            zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+        )

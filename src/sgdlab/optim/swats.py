@@ -1,0 +1,204 @@
+"""``sgdlab.SWATS``: Adam that hands over to SGD with momentum (Keskar & Socher 2017).
+
+The two phases run the existing rules, ``sgdlab.algorithms.adam`` then ``sgdlab.algorithms.sgd``;
+the switching logic (projection, running estimate, criterion) is in
+:mod:`sgdlab.algorithms.swats`. This adapter only gathers each param group's dot products,
+keeps the group-level quantities in the param group (so they are part of ``state_dict()``) and
+replaces the Adam state by SGD's at the switch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from sgdlab.algorithms import adam, adam_init, sgd
+from sgdlab.algorithms.swats import (
+    corrected_lr_estimate,
+    projection_terms,
+    sgd_learning_rate,
+    should_switch,
+    update_lr_estimate,
+    validate_swats,
+)
+from sgdlab.optim import execution
+from sgdlab.optim.base import RuleOptimizer
+
+
+def _real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
+
+
+class SWATS(RuleOptimizer):
+    """SWATS: Adam until its implied SGD learning rate has converged, then SGD with momentum.
+
+    Arguments are Adam's (``lr``, ``betas``, ``eps`` with the paper's default 1e-9, L2
+    ``weight_decay``) plus ``switch_tol``, the criterion's epsilon (the paper uses the same 1e-9),
+    and ``switch_at``, which forces the switch after that many Adam steps instead.
+
+    Each param group decides on its own (the dot products of the projection run over the group's
+    parameters; one group = the paper's Algorithm 1, one group per layer = its per-layer variant).
+    After a group switches it is updated exactly as ``sgdlab.SGD(lr=group["sgd_lr"],
+    momentum=beta1, weight_decay=weight_decay)`` started at that point would update it.
+
+    Per group, in ``param_groups`` and therefore in ``state_dict()``: ``adam_step`` (Adam steps
+    taken), ``lr_estimate`` (the running average lambda_k), ``switch_step`` (the Adam step after
+    which the group switched, or None) and ``sgd_lr`` (the SGD learning rate, (1 - beta1) Lambda,
+    or None). ``optimizer.switch_step`` and ``optimizer.sgd_lr`` read the first group's.
+    """
+
+    rule = staticmethod(adam)  # the first phase; the step below composes it with sgd
+    validate = staticmethod(validate_swats)
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-9,
+        weight_decay: float = 0,
+        *,
+        switch_tol: float = 1e-9,
+        switch_at: int | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "switch_tol": switch_tol,
+            "switch_at": switch_at,
+            "adam_step": 0,
+            "lr_estimate": 0.0,
+            "switch_step": None,
+            "sgd_lr": None,
+        }
+        super().__init__(params, defaults)
+
+    # --- what users read ------------------------------------------------------------------------
+    @property
+    def switch_step(self) -> int | None:
+        """The Adam step after which the first param group switched to SGD (None: not yet)."""
+        return self.param_groups[0]["switch_step"]
+
+    @property
+    def sgd_lr(self) -> float | None:
+        """The first param group's SGD learning rate (None until it switches)."""
+        return self.param_groups[0]["sgd_lr"]
+
+    def lr_estimate(self, group_index: int = 0) -> float | None:
+        """Lambda_k, the current bias-corrected estimate of a group's SGD-equivalent step size."""
+        group = self.param_groups[group_index]
+        if group["adam_step"] == 0:
+            return None
+        return corrected_lr_estimate(
+            group["lr_estimate"], beta2=group["betas"][1], step=group["adam_step"]
+        )
+
+    # --- the two phases ----------------------------------------------------------------------
+    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": group["lr"],
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": group["eps"],
+            "weight_decay": group["weight_decay"],
+        }
+
+    def sgd_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": group["sgd_lr"],
+            "momentum": group["betas"][0],
+            "weight_decay": group["weight_decay"],
+        }
+
+    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = adam_init(
+            param, zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format)
+        )
+        state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
+        return state
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
+                    continue
+                for param in params:
+                    self.check_grad(param, param.grad)
+                if group["switch_step"] is None:
+                    self._adam_step(group, params)
+                else:
+                    self._sgd_step(group, params)
+        return loss
+
+    def check_grad(self, param: Tensor, grad: Tensor) -> None:
+        if grad.is_sparse:
+            raise RuntimeError("SWATS does not support sparse gradients")
+
+    def _adam_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        grads = [p.grad for p in params]
+        states = [self.state.get(p) or self.init_state(p, group) for p in params]
+        old = [p.clone() for p in params]
+        execution.per_tensor(adam, params, grads, states, self.rule_hyperparameters(group))
+        for param, state in zip(params, states):
+            self.state[param] = state
+
+        # The projection uses the gradient Adam followed, L2 term included.
+        weight_decay = group["weight_decay"]
+        step_sq = step_dot_grad = 0.0
+        for before, after, grad in zip(old, params, grads):
+            if weight_decay != 0:
+                grad = grad + weight_decay * before
+            sq, dot = projection_terms(_real(before), _real(after), _real(grad), ops=torch)
+            step_sq += float(sq)
+            step_dot_grad += float(dot)
+
+        beta1, beta2 = group["betas"]
+        k = group["adam_step"] + 1
+        estimate = update_lr_estimate(group["lr_estimate"], step_sq, step_dot_grad, beta2=beta2)
+        group["adam_step"] = k
+        group["lr_estimate"] = estimate.lr_estimate
+        if group["switch_at"] is not None:
+            switch = k >= group["switch_at"]
+        else:
+            switch = should_switch(
+                estimate.lr_estimate, estimate.gamma, beta2=beta2, step=k, tolerance=group["switch_tol"]
+            )
+        if switch:
+            self._switch(group, sgd_learning_rate(estimate.lr_estimate, beta1=beta1, beta2=beta2, step=k))
+
+    def _switch(self, group: dict[str, Any], sgd_lr: float) -> None:
+        if not sgd_lr > 0:
+            warnings.warn(
+                f"SWATS switched to SGD after {group['adam_step']} Adam steps with a non-positive "
+                f"learning-rate estimate ({sgd_lr!r}); the SGD phase uses lr=0 and will not move "
+                "(switch later, or let the criterion decide)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            sgd_lr = 0.0
+        group["switch_step"] = group["adam_step"]
+        group["sgd_lr"] = sgd_lr
+        # SGD starts afresh: its momentum buffer is created from the next gradient (v_k = 0 in
+        # Algorithm 1, then v = beta1 * 0 + g), and Adam's moments are no longer needed.
+        for param in group["params"]:
+            self.state.pop(param, None)
+
+    def _sgd_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        grads = [p.grad for p in params]
+        states = [self.state.get(p) or {} for p in params]
+        execution.per_tensor(sgd, params, grads, states, self.sgd_hyperparameters(group))
+        for param, state in zip(params, states):
+            if state:
+                self.state[param] = state
