@@ -14,6 +14,15 @@ the running maximum of v_t instead of v_t.
 Weight decay is either an L2 term added to the gradient (Adam's classic form) or, for AdamW
 (Loshchilov & Hutter 2019, Algorithm 2 line 12), a decoupled shrink theta <- theta (1 - gamma
 lambda) applied before the moment update, as torch.optim.AdamW does.
+
+With ``eps_hat=True`` eps is the paper's "epsilon hat" (Section 2, the formula just before 2.1),
+added to sqrt(v_t) before the bias correction of v_t, which Keras and TensorFlow use:
+
+    alpha_t = gamma * sqrt(1 - beta2^t) / (1 - beta1^t)
+    theta_t = theta_{t-1} - alpha_t * m_t / (sqrt(v_t) + eps_hat)
+
+This equals the default form with eps = eps_hat / sqrt(1 - beta2^t), a step-dependent epsilon;
+the two differ where sqrt(v_t) is not much larger than eps (tiny or sparse gradients).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ def adam(
     amsgrad: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    eps_hat: bool = False,
     ops: Any,
 ) -> tuple[Any, State]:
     """One Adam step; returns the new parameter and state without modifying the inputs."""
@@ -65,6 +75,9 @@ def adam(
         new_state["max_exp_avg_sq"] = exp_avg_sq
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
+    if eps_hat:
+        alpha = lr * bias_correction2**0.5 / bias_correction1
+        return param - (exp_avg * alpha) / (ops.sqrt(exp_avg_sq) + eps), new_state
     denom = ops.sqrt(exp_avg_sq) / bias_correction2**0.5 + eps
     return param - (lr / bias_correction1) * (exp_avg / denom), new_state
 

@@ -15,6 +15,18 @@ Decoupled weight decay (SGDW, Loshchilov & Hutter 2019, "Decoupled Weight Decay 
 Algorithm 1 line 12) shrinks the parameter directly, theta <- theta (1 - gamma lambda), instead
 of adding lambda theta to the gradient, so the decay is not amplified by the momentum buffer.
 
+Velocity form (``momentum_form="velocity"``; Sutskever et al. 2013 eq. 1 and 3-4, the form of
+Keras and TensorFlow): the learning rate enters the velocity when the gradient is added to it,
+
+    v_t = mu * v_{t-1} - gamma_t g_t      (v_0 = 0)
+    theta_t = theta_{t-1} + v_t                         plain momentum
+    theta_t = theta_{t-1} + mu * v_t - gamma_t g_t      Nesterov
+
+With a constant learning rate v_t = -gamma b_t and both forms give the same trajectory; when the
+learning rate changes, the buffer form rescales all past gradients by the new rate while the
+velocity form keeps each gradient scaled by the rate of its own step. docs/conventions.md
+compares the two with numbers.
+
 Full-batch gradient descent is this rule with momentum 0 and the gradient of the whole data set.
 """
 
@@ -44,9 +56,14 @@ def sgd(
     nesterov: bool = False,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    momentum_form: str = "buffer",
     ops: Any = None,
 ) -> tuple[Any, State]:
-    """One SGD step; returns the new parameter and state without modifying the inputs."""
+    """One SGD step; returns the new parameter and state without modifying the inputs.
+
+    ``momentum_form="buffer"`` (PyTorch) keeps ``state["momentum_buffer"]``; ``"velocity"`` (Keras)
+    keeps ``state["velocity"]``, which has the learning rate already applied.
+    """
     if maximize:
         grad = -grad
     if weight_decay != 0:
@@ -55,6 +72,12 @@ def sgd(
         else:
             grad = grad + weight_decay * param
     new_state: State = {}
+    if momentum != 0 and momentum_form == "velocity":
+        velocity = state.get("velocity")
+        velocity = -lr * grad if velocity is None else momentum * velocity - lr * grad
+        new_state["velocity"] = velocity
+        step = momentum * velocity - lr * grad if nesterov else velocity
+        return param + step, new_state
     if momentum != 0:
         buf = state.get("momentum_buffer")
         # The first buffer is the gradient itself, not (1 - dampening) * gradient: PyTorch's choice,
@@ -72,9 +95,20 @@ def validate_sgd(
     dampening: Any = 0.0,
     weight_decay: Any = 0.0,
     nesterov: bool = False,
+    momentum_form: str = "buffer",
     **_: Any,
 ) -> None:
     """Raise ValueError naming the argument for any invalid SGD hyperparameter."""
+    if momentum_form not in ("buffer", "velocity"):
+        raise ValueError(
+            f"Invalid momentum_form: {momentum_form!r} (expected 'buffer' or 'velocity')"
+        )
+    if momentum_form == "velocity" and float(dampening) != 0:
+        # The velocity form (Keras) has no dampening; a made-up one would have no reference.
+        raise ValueError(
+            f"Invalid dampening: dampening={dampening!r} (the velocity form of momentum, "
+            "the Keras convention, has no dampening; expected 0)"
+        )
     at_least("lr", lr, 0.0, "learning rate")
     at_least("momentum", momentum, 0.0, "momentum value")
     at_least("dampening", dampening, float("-inf"), "dampening value")

@@ -9,7 +9,13 @@ import torch
 from torch import Tensor
 
 from sgdlab.algorithms import adam, adam_init, validate_adam
+from sgdlab.algorithms.conventions import adam_options
 from sgdlab.optim.base import RuleOptimizer
+
+
+def _validate(**hyperparameters: Any) -> None:
+    adam_options(hyperparameters.get("convention", "torch"))  # rejects an unknown convention
+    validate_adam(**hyperparameters)
 
 
 def _step_dtype(fused: bool) -> torch.dtype:
@@ -26,11 +32,13 @@ class Adam(RuleOptimizer):
     Same signature, defaults, param-group keys, state layout and numbers as ``torch.optim.Adam``.
     ``foreach``, ``fused`` and ``capturable`` only choose how the update is executed (``capturable``
     keeps the step count on the parameter's device, as in torch). The math and its references
-    are in :mod:`sgdlab.algorithms.adam`.
+    are in :mod:`sgdlab.algorithms.adam`. ``convention="keras"`` gives ``keras.optimizers.Adam``'s
+    formulas instead (epsilon-hat placement, decoupled weight decay; see
+    :mod:`sgdlab.algorithms.conventions`).
     """
 
     rule = staticmethod(adam)
-    validate = staticmethod(validate_adam)
+    validate = staticmethod(_validate)
 
     def __init__(
         self,
@@ -47,6 +55,7 @@ class Adam(RuleOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        convention: str = "torch",
     ) -> None:
         defaults = {
             "lr": lr,
@@ -61,6 +70,8 @@ class Adam(RuleOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
+        if convention != "torch":  # torch's convention keeps torch.optim.Adam's param-group keys
+            defaults["convention"] = convention
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -95,6 +106,7 @@ class Adam(RuleOptimizer):
             "amsgrad": group["amsgrad"],
             "maximize": group["maximize"],
             "decoupled_weight_decay": group["decoupled_weight_decay"],
+            **adam_options(group.get("convention", "torch")),
         }
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -139,6 +151,7 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        convention: str = "torch",
     ) -> None:
         super().__init__(
             params,
@@ -153,6 +166,7 @@ class AdamW(Adam):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            convention=convention,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

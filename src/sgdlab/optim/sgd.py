@@ -7,7 +7,13 @@ from typing import Any
 from torch import Tensor
 
 from sgdlab.algorithms import sgd, validate_sgd
+from sgdlab.algorithms.conventions import sgd_options
 from sgdlab.optim.base import RuleOptimizer
+
+
+def _validate(**hyperparameters: Any) -> None:
+    options = sgd_options(hyperparameters.get("convention", "torch"))
+    validate_sgd(**{**hyperparameters, **options})
 
 
 class SGD(RuleOptimizer):
@@ -17,11 +23,13 @@ class SGD(RuleOptimizer):
     ``decoupled_weight_decay=True`` gives SGDW, where the decay shrinks the weights by
     ``lr * weight_decay`` directly instead of going through the momentum buffer.
     ``foreach`` and ``fused`` only choose how the update is executed, never what it computes.
+    ``convention="keras"`` gives ``keras.optimizers.SGD``'s formulas instead (velocity form of
+    momentum, decoupled weight decay; see :mod:`sgdlab.algorithms.conventions`).
     The math and its references are in :mod:`sgdlab.algorithms.sgd`.
     """
 
     rule = staticmethod(sgd)
-    validate = staticmethod(validate_sgd)
+    validate = staticmethod(_validate)
 
     def __init__(
         self,
@@ -37,6 +45,7 @@ class SGD(RuleOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        convention: str = "torch",
     ) -> None:
         defaults = {
             "lr": lr,
@@ -50,6 +59,8 @@ class SGD(RuleOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
+        if convention != "torch":  # torch's convention keeps torch.optim.SGD's param-group keys
+            defaults["convention"] = convention
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -72,6 +83,7 @@ class SGD(RuleOptimizer):
             "nesterov": group["nesterov"],
             "maximize": group["maximize"],
             "decoupled_weight_decay": group.get("decoupled_weight_decay", False),
+            **sgd_options(group.get("convention", "torch")),
         }
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
