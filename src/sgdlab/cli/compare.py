@@ -1,0 +1,141 @@
+"""``sgdlab compare``: race optimizers on a task over several seeds; print the results and a verdict,
+write a report directory. With no arguments, the default race (see ``DEFAULT_TASK``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_TASK = "mnist1d"
+DEFAULT_EPOCHS = None  # the task's own default budget
+
+EXAMPLES = """\
+examples:
+  sgdlab compare                                  the default race (6 optimizers x 3 seeds on mnist1d)
+  sgdlab compare --task digits --seeds 5
+  sgdlab compare --task modular --opt adam --opt adamw:weight_decay=1.0 --epochs 100
+  sgdlab compare --opt sgd:lr=0.1 --opt momentum:lr=0.01,label=heavy-ball --opt torch.RMSprop:lr=1e-3
+  sgdlab compare --list                           tasks and optimizer names
+
+A rerun with the same --out skips finished runs and continues interrupted ones.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="race optimizers on a task (seeds, confidence intervals, plots, report)",
+        description="Race optimizers on a built-in task over several seeds: learning curves, final "
+        "metrics with 95%% confidence intervals, a verdict and a report directory.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--task", default=DEFAULT_TASK,
+                        help=f"digits, mnist1d, modular, logistic or a registered task (default: {DEFAULT_TASK})")
+    parser.add_argument("--opt", action="append", metavar="SPEC", default=None,
+                        help="optimizer spec NAME[:KEY=VALUE,...], repeatable, e.g. sgd:lr=0.1,momentum=0.9 or "
+                        "torch.RMSprop:lr=1e-3 (default: gd, sgd, momentum, nesterov, adam, adamw)")
+    parser.add_argument("--seeds", type=_positive_int, default=3, help="seeds per optimizer (default: 3)")
+    parser.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: the task's)")
+    parser.add_argument("--steps", type=_positive_int, default=None, help="stop each run after this many steps")
+    parser.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+                        help="stop each run after this many seconds of training")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="mini-batch size (default: the task's)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="parallel worker processes (default: the number of usable cores)")
+    parser.add_argument("--target-loss", type=float, default=None,
+                        help="train loss whose epochs/time to reach are reported (default: the task's)")
+    parser.add_argument("--out", default=None,
+                        help="report directory (default: runs/compare-<task>-<timestamp>); reuse it to resume")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--list", action="store_true", help="list tasks and optimizers, then exit")
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} (expected >= 1)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} (expected > 0)")
+    return value
+
+
+def _error(message: str) -> int:
+    print(f"sgdlab compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from sgdlab.lab import specs as specs_module
+    from sgdlab.lab import tasks as tasks_module
+
+    if args.list:
+        return _list(specs_module, tasks_module)
+    if args.task not in tasks_module.TASKS:
+        return _error(f"unknown task {args.task!r}; valid tasks: {', '.join(tasks_module.task_names())}")
+    try:  # names first, before the (possibly slow) data set is built
+        for text in args.opt or []:
+            specs_module.parse_spec(text, check=False)
+    except specs_module.SpecError as error:
+        return _error(str(error))
+
+    from rich.console import Console
+
+    from sgdlab.lab.report import build_report, print_report, write_report
+    from sgdlab.lab.runner import default_out, default_workers, run_race
+
+    console = Console(stderr=False)
+    task = tasks_module.get_task(args.task)
+    try:
+        chosen = (specs_module.parse_specs(args.opt, task=task) if args.opt else specs_module.default_specs())
+        for spec in chosen:
+            spec.check(task)
+    except specs_module.SpecError as error:
+        return _error(str(error))
+
+    out = args.out or str(default_out(task.name))
+    workers = args.workers or default_workers()
+    console.print(
+        f"[bold]sgdlab compare[/bold] {task.name}: {task.description}\n"
+        f"{len(chosen)} optimizers x {args.seeds} seeds, {workers} worker{'s' if workers > 1 else ''}, "
+        f"report in {out}"
+    )
+    try:
+        result = run_race(
+            task, chosen, seeds=args.seeds, epochs=args.epochs, steps=args.steps, time_budget=args.time_budget,
+            batch_size=args.batch_size, workers=workers, out=out, progress=not args.no_progress, console=console,
+        )
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
+        return 130
+    report = build_report(result, args.target_loss)
+    print_report(report, console)
+    paths = write_report(report, out)
+    console.print(f"{len(result.runs)} runs in {result.elapsed:.1f} s; report: {paths['html']} "
+                  f"(also report.md, summary.json, runs.jsonl)")
+    return 1 if all(run.status == "failed" for run in result.runs) else 0
+
+
+def _list(specs_module, tasks_module) -> int:
+    print("tasks:")
+    for name in tasks_module.task_names():
+        print(f"  {name}")
+    print("optimizers (--opt NAME[:KEY=VALUE,...]):")
+    for name, entry in specs_module.OPTIMIZERS.items():
+        mark = "*" if name in specs_module.DEFAULT_RACE else " "
+        print(f"  {mark} {name:12s} {entry.description}")
+    print("  * in the default race; also torch.<Class> for any torch.optim class:")
+    print("    " + ", ".join(specs_module.torch_optimizer_names()))
+    return 0
