@@ -1,0 +1,287 @@
+"""Pictures of optimizer paths: a log-scaled contour map with the paths, and the loss per step.
+
+:func:`plot_paths` draws a static figure (two panels: map and loss curve) and returns it, so
+notebooks can restyle it; :func:`animate_paths` draws the same figure frame by frame and writes an
+animated GIF (Pillow) or, when ffmpeg is on PATH, an MP4.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sgdlab.lab.landscape.functions import Function2D
+from sgdlab.lab.landscape.trajectories import Trajectory
+
+__all__ = ["animate_paths", "plot_paths"]
+
+# Path colours chosen to stand out on the light-to-dark "bone" background of the contour map.
+PALETTE = ["#e6194b", "#f58231", "#3cb44b", "#4363d8", "#911eb4", "#f032e6", "#9a6324", "#000075"]
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _use_log(function: Function2D, Z: np.ndarray) -> bool:
+    if function.log_scale is not None:
+        return function.log_scale
+    # Decide from the grid: a minimum inside the window means "bounded below here" -> log levels.
+    i, j = np.unravel_index(np.nanargmin(Z), Z.shape)
+    return 0 < i < Z.shape[0] - 1 and 0 < j < Z.shape[1] - 1
+
+
+def _floor(function: Function2D, Z: np.ndarray, trajectories: Sequence[Trajectory]) -> float:
+    """The value that counts as "zero" on the log scale: f* when known, else the lowest seen."""
+    if function.min_value is not None:
+        return function.min_value
+    lows = [np.nanmin(Z)] + [np.nanmin(t.losses) for t in trajectories if len(t.losses)]
+    return float(min(lows))
+
+
+def _log_gap(values: np.ndarray, floor: float, eps: float) -> np.ndarray:
+    return np.maximum(np.asarray(values, dtype=float) - floor, eps)
+
+
+def _draw_map(ax, function: Function2D, grid, trajectories: Sequence[Trajectory], fig):
+    """Contours, colour bar and markers; returns (line per trajectory, head marker per trajectory)."""
+    from matplotlib import colors, ticker
+
+    X, Y, Z = grid
+    finite = np.isfinite(Z)
+    Zf = np.where(finite, Z, np.nanmax(np.where(finite, Z, -np.inf)))
+    if _use_log(function, Zf):
+        floor = _floor(function, Zf, trajectories)
+        hi = float(np.max(Zf - floor))
+        eps = max(hi * 1e-9, 1e-12)
+        gap = _log_gap(Zf, floor, eps)
+        lo = max(float(np.min(gap)), hi * 1e-7, eps)
+        levels = np.logspace(math.log10(lo), math.log10(hi), 40)
+        norm = colors.LogNorm(vmin=lo, vmax=hi)
+        filled = ax.contourf(X, Y, np.clip(gap, lo, hi), levels=levels, norm=norm, cmap="bone",
+                             extend="neither")
+        ax.contour(X, Y, np.clip(gap, lo, hi), levels=levels[::4], norm=norm, colors="white",
+                   linewidths=0.4, alpha=0.5)
+        bar = fig.colorbar(filled, ax=ax, pad=0.02, fraction=0.05)
+        bar.locator = ticker.LogLocator()
+        bar.formatter = ticker.LogFormatterMathtext()
+        bar.update_ticks()
+        bar.set_label("f(x, y) − f*  (log scale)" if function.min_value is not None
+                      else "f(x, y) − min f  (log scale)")
+    else:
+        bound = float(np.max(np.abs(Zf))) or 1.0
+        norm = colors.TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound)
+        levels = np.linspace(-bound, bound, 41)
+        filled = ax.contourf(X, Y, Zf, levels=levels, norm=norm, cmap="RdBu_r")
+        ax.contour(X, Y, Zf, levels=levels[::4], colors="white", linewidths=0.4, alpha=0.6)
+        bar = fig.colorbar(filled, ax=ax, pad=0.02, fraction=0.05)
+        bar.set_label("f(x, y)")
+
+    ax.set_xlim(X.min(), X.max())
+    ax.set_ylim(Y.min(), Y.max())
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+
+    lines, heads = [], []
+    for i, t in enumerate(trajectories):
+        color = PALETTE[i % len(PALETTE)]
+        if t.reference is not None:
+            ax.plot(*t.reference.path.T, color=color, lw=1.2, ls="--", alpha=0.9)
+        (line,) = ax.plot(*t.path.T, color=color, lw=1.8 if not t.stochastic else 1.0,
+                          alpha=0.95, label=_legend_label(t))
+        (head,) = ax.plot(*t.path[-1], "o", color=color, ms=6, mec="white", mew=1.0, zorder=5)
+        lines.append(line)
+        heads.append(head)
+    if trajectories:
+        x0, y0 = trajectories[0].path[0]
+        ax.plot(x0, y0, "o", ms=10, mfc="white", mec="black", mew=1.5, zorder=6, label="start")
+    if function.minima:
+        mx, my = np.array(function.minima).T
+        label = "global minimum" if len(function.minima) == 1 else "global minima"
+        ax.plot(mx, my, "*", ms=16, mfc="gold", mec="black", mew=1.0, zorder=6, label=label)
+    if function.saddles:
+        sx, sy = np.array(function.saddles).T
+        ax.plot(sx, sy, "X", ms=11, mfc="white", mec="black", mew=1.0, zorder=6,
+                label="saddle point")
+    return lines, heads
+
+
+def _legend_label(t: Trajectory) -> str:
+    end = {"diverged": "  [diverged]", "escaped": "  [ran off to −∞]"}.get(t.status, "")
+    return f"{t.label}{end}"
+
+
+def _draw_losses(ax, function: Function2D, trajectories: Sequence[Trajectory], grid_Z):
+    lines = []
+    if _use_log(function, grid_Z):
+        floor = _floor(function, grid_Z, trajectories)
+        eps = 1e-16 * max(1.0, abs(floor))
+        transform = lambda v: _log_gap(v, floor, eps)  # noqa: E731
+        ax.set_yscale("log")
+        ax.set_ylabel("f − f*" if function.min_value is not None else "f − min f")
+    else:
+        transform = lambda v: np.asarray(v, dtype=float)  # noqa: E731
+        ax.set_yscale("symlog", linthresh=1e-2)
+        ax.set_ylabel("f(x, y)")
+    for i, t in enumerate(trajectories):
+        color = PALETTE[i % len(PALETTE)]
+        if t.reference is not None:
+            ax.plot(np.arange(len(t.reference.losses)), transform(t.reference.losses), color=color,
+                    lw=1.2, ls="--", alpha=0.9)
+        (line,) = ax.plot(np.arange(len(t.losses)), transform(t.losses), color=color,
+                          lw=1.6 if not t.stochastic else 1.0, label=t.label)
+        lines.append(line)
+    ax.set_xlabel("step")
+    ax.grid(True, which="major", alpha=0.3)
+    steps = max((t.steps for t in trajectories), default=1)
+    ax.set_xlim(0, max(steps, 1))
+    return lines, transform
+
+
+def _title(function: Function2D, trajectories: Sequence[Trajectory]) -> str:
+    title = function.name
+    if function.formula and function.formula != function.name:
+        title += f":  {function.formula}"
+    extra = []
+    if any(t.noise > 0 for t in trajectories):
+        extra.append(f"gradient noise σ = {trajectories[0].noise:g}")
+    if any(t.batch_size for t in trajectories):
+        extra.append(f"mini-batch {trajectories[0].batch_size} of {function.n_samples}")
+    if extra:
+        title += "\n" + ", ".join(extra) + "  (dashed: exact gradients)"
+    return title
+
+
+def _figure(function: Function2D, grid, trajectories: Sequence[Trajectory]):
+    plt = _pyplot()
+    fig, (ax_map, ax_loss) = plt.subplots(
+        1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [1.25, 1]}, layout="constrained"
+    )
+    fig.get_layout_engine().set(wspace=0.06)
+    lines, heads = _draw_map(ax_map, function, grid, trajectories, fig)
+    loss_lines, transform = _draw_losses(ax_loss, function, trajectories, grid[2])
+    ax_map.legend(loc="best", fontsize=9, framealpha=0.85)
+    ax_loss.set_title("loss per step")
+    fig.suptitle(_title(function, trajectories), fontsize=13)
+    return fig, (ax_map, ax_loss), lines, heads, loss_lines, transform
+
+
+def plot_paths(
+    function: Function2D,
+    trajectories: Sequence[Trajectory],
+    path: str | Path | None = None,
+    *,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    resolution: int = 300,
+    dpi: int = 120,
+):
+    """Draw the contour map with every path and the loss-per-step panel; save to ``path`` if given.
+
+    ``grid`` is ``(X, Y, Z)`` as returned by :meth:`Function2D.grid` (computed when omitted).
+    Returns the matplotlib figure.
+    """
+    grid = grid if grid is not None else function.grid(resolution)
+    fig, *_ = _figure(function, grid, trajectories)
+    fig.set_dpi(dpi)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
+
+
+def animate_paths(
+    function: Function2D,
+    trajectories: Sequence[Trajectory],
+    path: str | Path,
+    *,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    resolution: int = 200,
+    frames: int = 100,
+    fps: int = 20,
+    dpi: int = 80,
+    progress=None,
+) -> Path:
+    """Write an animation of the paths growing step by step to ``path`` and return the path.
+
+    ``.gif`` is written with Pillow; ``.mp4`` needs ffmpeg on PATH (``ValueError`` otherwise).
+    ``frames`` frames are spread evenly over the steps and the last one is held for a second.
+    ``progress(done, total)`` is called after each frame when given.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"animation path must end in .gif or .mp4, got {str(path)!r}")
+    if suffix == ".mp4" and shutil.which("ffmpeg") is None:
+        raise ValueError("writing .mp4 needs ffmpeg on PATH; use a .gif path instead")
+
+    plt = _pyplot()
+    grid = grid if grid is not None else function.grid(resolution)
+    fig, (_, ax_loss), lines, heads, loss_lines, transform = _figure(function, grid, trajectories)
+    fig.set_dpi(dpi)
+    step_text = ax_loss.text(0.98, 0.97, "", transform=ax_loss.transAxes, ha="right", va="top",
+                             fontsize=11, bbox={"fc": "white", "ec": "0.7", "alpha": 0.9})
+    moving = [*lines, *heads, *loss_lines, step_text]
+    # Blitting: the contour map (the expensive part) is drawn once, as the background; each
+    # frame only redraws the moving artists on top of it. A full redraw per frame (what
+    # matplotlib's animation writers do) is ~100x slower here.
+    for artist in moving:
+        artist.set_animated(True)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # keep the layout fixed from now on
+    canvas = fig.canvas
+    background = canvas.copy_from_bbox(fig.bbox)
+
+    steps = max((t.steps for t in trajectories), default=0)
+    stops = np.unique(np.linspace(0, steps, max(2, min(frames, steps + 1))).round().astype(int))
+    schedule = [int(k) for k in stops] + [steps] * fps  # hold the final picture for a second
+
+    images = []
+    for i, k in enumerate(schedule):
+        canvas.restore_region(background)
+        for t, line, head, loss_line in zip(trajectories, lines, heads, loss_lines):
+            j = min(k, t.steps)
+            line.set_data(t.path[: j + 1, 0], t.path[: j + 1, 1])
+            head.set_data([t.path[j, 0]], [t.path[j, 1]])
+            loss_line.set_data(np.arange(j + 1), transform(t.losses[: j + 1]))
+        step_text.set_text(f"step {k}")
+        for artist in moving:
+            fig.draw_artist(artist)
+        if i == 0 or k != schedule[i - 1]:
+            images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+        else:  # held frame
+            images.append(images[-1])
+        if progress is not None:
+            progress(i + 1, len(schedule))
+    plt.close(fig)
+    _write_movie(images, path, fps)
+    return path
+
+
+def _write_movie(images: list[np.ndarray], path: Path, fps: int) -> None:
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        # One shared palette (from the last, fullest frame) keeps colours steady between frames.
+        last = Image.fromarray(images[-1]).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+        frames = [Image.fromarray(a).quantize(palette=last, dither=Image.Dither.NONE) for a in images]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps),
+                       loop=0, optimize=False)
+        return
+    import subprocess
+
+    height, width = images[0].shape[:2]
+    command = [
+        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
+        "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", str(path),
+    ]
+    subprocess.run(command, input=b"".join(a.tobytes() for a in images), check=True)

@@ -1,0 +1,193 @@
+"""Optimizer trajectories on 2-D functions, run with the real optimizer classes.
+
+The point ``w = (x, y)`` is one ``torch`` parameter of shape ``(2,)``; each optimizer is built by
+the compare lab's spec parser (``"sgd:lr=1e-3,momentum=0.9"``, any name it knows), or given as an
+``OptimizerSpec`` or a factory ``params -> torch.optim.Optimizer``, and stepped exactly as in
+training: ``zero_grad``, ``backward``, ``step``. Two kinds of stochasticity are available:
+additive Gaussian gradient noise (``noise``), and real mini-batch noise on finite-sum problems
+(``batch_size`` with :class:`~sgdlab.lab.landscape.functions.LeastSquares2D`). A stochastic run
+also records its deterministic twin (same optimizer, exact gradients) as ``reference``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from sgdlab.lab.landscape.functions import Function2D, get_function
+
+__all__ = ["Trajectory", "optimizer_label", "resolve_optimizer", "run_trajectories", "run_trajectory"]
+
+OptimizerLike = Any  # a spec string, an OptimizerSpec, or a factory params -> torch.optim.Optimizer
+
+
+@dataclass
+class Trajectory:
+    """One optimizer's path.
+
+    ``path`` has shape ``(k + 1, 2)``: the start and the point after each of the ``k`` steps
+    taken (``k == steps`` unless the run stopped early). ``losses[i]`` is the exact function value
+    at ``path[i]`` (the full-batch loss, also for stochastic runs). ``status`` is ``"ok"``,
+    ``"diverged"`` (a non-finite value appeared) or ``"escaped"`` (the point left a box 1000 times
+    the plotting window, e.g. down an unbounded saddle); the path stops there.
+    """
+
+    label: str
+    path: np.ndarray
+    losses: np.ndarray
+    status: str = "ok"
+    noise: float = 0.0
+    batch_size: int | None = None
+    reference: "Trajectory | None" = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.path) - 1
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.path[-1]
+
+    @property
+    def stochastic(self) -> bool:
+        return self.noise > 0 or self.batch_size is not None
+
+
+def resolve_optimizer(optimizer: OptimizerLike) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """A factory ``params -> optimizer`` from a spec string, an ``OptimizerSpec`` or a factory."""
+    if isinstance(optimizer, str):
+        from sgdlab.lab.specs import parse_spec
+
+        optimizer = parse_spec(optimizer)
+    if hasattr(optimizer, "build"):
+        return optimizer.build
+    if callable(optimizer):
+        return optimizer
+    raise TypeError(
+        "optimizer must be a spec string such as 'sgd:lr=0.1', an OptimizerSpec or a callable "
+        f"params -> torch.optim.Optimizer, got {optimizer!r}"
+    )
+
+
+def optimizer_label(optimizer: OptimizerLike) -> str:
+    """A short legend label: the spec text, or the factory's name and arguments."""
+    if isinstance(optimizer, str):
+        return optimizer
+    for attr in ("label", "text"):
+        value = getattr(optimizer, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    func = getattr(optimizer, "func", None)  # functools.partial(torch.optim.SGD, lr=...)
+    if func is not None:
+        kwargs = ",".join(f"{k}={v}" for k, v in getattr(optimizer, "keywords", {}).items())
+        return f"{getattr(func, '__name__', 'optimizer')}:{kwargs}" if kwargs else func.__name__
+    return getattr(optimizer, "__name__", None) or str(optimizer)
+
+
+def run_trajectory(
+    function: Function2D | str | Callable,
+    optimizer: OptimizerLike,
+    *,
+    start: Sequence[float] | None = None,
+    steps: int = 500,
+    noise: float = 0.0,
+    batch_size: int | None = None,
+    seed: int = 0,
+    label: str | None = None,
+    reference: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> Trajectory:
+    """Run ``optimizer`` for ``steps`` steps on ``function`` from ``start`` and record the path.
+
+    ``noise`` adds ``noise * N(0, I)`` to every gradient (except for full-batch specs such as
+    ``gd``, which always get exact gradients); ``batch_size`` (finite-sum functions
+    only) computes each gradient on that many data points drawn without replacement. When either
+    is set and ``reference`` is true, the same optimizer is also run with exact gradients and
+    stored as ``trajectory.reference``. ``seed`` fixes the noise and the batches.
+    """
+    function = get_function(function)
+    if isinstance(optimizer, str):
+        from sgdlab.lab.specs import parse_spec
+
+        optimizer = parse_spec(optimizer)
+    if getattr(optimizer, "full_batch", False):
+        # A full-batch optimizer ("gd") is the exact-gradient baseline: no noise, no batches.
+        noise, batch_size = 0.0, None
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    n = function.n_samples
+    if batch_size is not None:
+        if n == 1:
+            raise ValueError(
+                f"batch_size needs a finite-sum function such as 'least-squares'; {function.name!r} "
+                "has no data points (use noise= for gradient noise)"
+            )
+        if not (isinstance(batch_size, int) and 1 <= batch_size <= n):
+            raise ValueError(f"batch_size must be an integer in [1, {n}], got {batch_size!r}")
+        if batch_size == n:
+            batch_size = None
+    start = function.start if start is None else start
+    if len(start) != 2:
+        raise ValueError(f"start must be two numbers x,y, got {tuple(start)!r}")
+
+    build = resolve_optimizer(optimizer)
+    label = label or optimizer_label(optimizer)
+    point = torch.nn.Parameter(torch.tensor([float(start[0]), float(start[1])], dtype=dtype))
+    opt = build([point])
+    generator = torch.Generator().manual_seed(seed)
+    box = 1000.0 * max(function.xlim[1] - function.xlim[0], function.ylim[1] - function.ylim[0])
+
+    path = [point.detach().clone()]
+    with torch.no_grad():
+        losses = [function.value(point).detach().clone()]
+    status = "ok"
+    for _ in range(steps):
+        opt.zero_grad()
+        indices = None
+        if batch_size is not None:
+            indices = torch.randperm(n, generator=generator)[:batch_size]
+        function.batch_value(point, indices).backward()
+        if noise > 0:
+            point.grad.add_(torch.randn(2, generator=generator, dtype=dtype), alpha=float(noise))
+        opt.step()
+        current = point.detach().clone()
+        with torch.no_grad():
+            value = function.value(point).detach().clone()
+        if not (torch.isfinite(current).all() and torch.isfinite(value)):
+            status = "diverged"
+            break
+        path.append(current)
+        losses.append(value)
+        if current.abs().max() > box:
+            status = "escaped"
+            break
+
+    trajectory = Trajectory(
+        label=label,
+        path=torch.stack(path).numpy(),
+        losses=torch.stack(losses).numpy(),
+        status=status,
+        noise=float(noise),
+        batch_size=batch_size,
+    )
+    if reference and trajectory.stochastic:
+        trajectory.reference = run_trajectory(
+            function, optimizer, start=start, steps=steps, label=label, reference=False, dtype=dtype
+        )
+    return trajectory
+
+
+def run_trajectories(
+    function: Function2D | str | Callable,
+    optimizers: Iterable[OptimizerLike],
+    **kwargs: Any,
+) -> list[Trajectory]:
+    """:func:`run_trajectory` for each optimizer, with the same function, start and options."""
+    function = get_function(function)
+    return [run_trajectory(function, optimizer, **kwargs) for optimizer in optimizers]
