@@ -60,7 +60,7 @@ class RuleOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
-            for group in self.param_groups:
+            for index, group in enumerate(self.param_groups):
                 params, grads, states = [], [], []
                 for param in group["params"]:
                     if param.grad is None:
@@ -73,15 +73,33 @@ class RuleOptimizer(Optimizer):
                     grads.append(param.grad)
                     states.append(state)
                 if params:
-                    execution.per_tensor(
-                        type(self).rule,
-                        params,
-                        grads,
-                        states,
-                        self.rule_hyperparameters(group),
-                        capturable=bool(group.get("capturable", False)),
-                    )
+                    self._run_rule(index, group, params, grads, states)
                     for param, state in zip(params, states):
                         if state and param not in self.state:
                             self.state[param] = state
         return loss
+
+    def _run_rule(self, index: int, group: dict[str, Any], params: list[Tensor],
+                  grads: list[Tensor], states: list[dict[str, Any]]) -> None:
+        """Hand a group to an execution strategy: the grouped (flat, compiled when large) path
+        by default, the per-tensor reference for anything unusual or ``foreach=False``."""
+        hyperparameters = self.rule_hyperparameters(group)
+        state_dtype = group.get("state_dtype")
+        if execution.grouped_supported(params, grads, group):
+            layouts = self.__dict__.setdefault("_layouts", {})
+            if execution.grouped(type(self).rule, params, grads, states, hyperparameters,
+                                 layouts=layouts, layout_key=index, state_dtype=state_dtype):
+                return
+        if state_dtype is not None and state_dtype != params[0].dtype:
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype} needs the grouped execution path (same "
+                "device and dtype, dense contiguous tensors, not differentiable or capturable)"
+            )
+        execution.per_tensor(
+            type(self).rule,
+            params,
+            grads,
+            states,
+            hyperparameters,
+            capturable=bool(group.get("capturable", False)),
+        )
