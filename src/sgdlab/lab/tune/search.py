@@ -1,0 +1,557 @@
+"""Hyperparameter search with Optuna: one study per (task, optimizer), shared by any number of workers.
+
+A trial samples a configuration from the :class:`~sgdlab.lab.tune.space.SearchSpace`, trains it
+with :func:`sgdlab.lab.runner.train_run` on the task's training set minus a held-out validation
+split, reports the validation metric after every epoch (the pruner stops trials that are clearly
+worse than the others at the same epoch) and returns the final validation metric. The test set is
+never seen during the search; it is only used by the report's confirmation runs.
+
+Sampling is TPE (Bergstra et al., 2011; ``constant_liar`` so parallel workers do not propose the
+same point), pruning is the median rule (or Hyperband, or none). A trial that diverges returns the
+untrained model's metric: it is recorded as a real, bad outcome the sampler learns from, not as a
+failure it would ignore.
+
+The study lives in an Optuna storage: by default the journal file ``OUT/study.journal`` (append-only,
+safe for several processes), or any URL given with ``--storage`` (``sqlite:///tune.db``,
+``postgresql://...``, ``redis://...``) so workers on several machines share one study. Running the
+same command again resumes the study: trials left RUNNING by a killed worker on this machine are
+marked failed and re-queued with the same parameters (on SQL storages a heartbeat does the same for
+workers on other machines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sgdlab.lab.runner import DIVERGED, train_run
+from sgdlab.lab.specs import OptimizerSpec
+from sgdlab.lab.tasks import Task
+from sgdlab.lab.tune.space import SearchSpace
+
+PRUNERS = ("median", "hyperband", "none")
+_OWNER = "sgdlab_worker"
+_STALE = "sgdlab_stale"
+
+
+class StorageError(ValueError):
+    """An Optuna storage that cannot be opened, or a study that belongs to another search."""
+
+
+# --- the validation split -------------------------------------------------------------------------
+
+
+def validation_task(task: Task, fraction: float = 0.2, seed: int = 0) -> Task:
+    """``task`` with a random ``fraction`` of its training set moved into the evaluation set (named
+    ``test_*`` in the runner's records). The search optimizes on this split; the test set stays unseen."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+    n = task.n_train
+    n_val = int(round(n * fraction))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"val_fraction={fraction} leaves no training or no validation data ({n} examples)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n_val], order[n_val:]
+    return dataclasses.replace(
+        task,
+        x_train=task.x_train[train], y_train=task.y_train[train],
+        x_test=task.x_train[val], y_test=task.y_train[val],
+        batch_size=min(task.batch_size, len(train)),
+        description=f"{task.description} -- search split: {len(train)} train / {n_val} validation",
+    )
+
+
+# --- storages -------------------------------------------------------------------------------------
+
+
+def storage_description(storage: str | None, out: Path) -> str:
+    return storage if storage else str(out / "study.journal")
+
+
+def open_storage(storage: str | None, out: Path) -> Any:
+    """An Optuna storage from ``--storage``: None (the journal file in ``out``), a URL
+    (``sqlite:///``, ``postgresql://``, ``mysql://``, ``redis://``) or a file path (``*.db`` /
+    ``*.sqlite`` as SQLite, anything else as a journal file)."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    target = storage or str(out / "study.journal")
+    try:
+        if "://" in target:
+            scheme = target.split("://", 1)[0].split("+", 1)[0].lower()
+            if scheme == "redis":
+                from optuna.storages.journal import JournalRedisBackend
+
+                return JournalStorage(JournalRedisBackend(target))
+            if scheme in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
+                # A heartbeat lets any worker fail (and re-queue) trials whose worker died, also on
+                # other machines.
+                return RDBStorage(
+                    target, heartbeat_interval=30, grace_period=120,
+                    failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+                )
+            raise StorageError(
+                f"--storage {target!r}: unknown scheme {scheme!r}; use a file path (journal file, or "
+                f"*.db for SQLite) or a URL: sqlite:///path.db, postgresql://user:password@host/db, "
+                f"mysql://..., redis://host:port"
+            )
+        path = Path(target)
+        if path.exists() and path.is_dir():
+            raise StorageError(f"--storage {target!r} is a directory; give a file path or a URL")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix in (".db", ".sqlite", ".sqlite3"):
+            return RDBStorage(
+                f"sqlite:///{path.resolve()}", heartbeat_interval=30, grace_period=120,
+                failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
+            )
+        return JournalStorage(JournalFileBackend(str(path)))
+    except StorageError:
+        raise
+    except ImportError as error:
+        raise StorageError(f"--storage {target!r} needs a driver that is not installed: {error}") from None
+    except (OSError, optuna.exceptions.OptunaError) as error:
+        raise StorageError(f"--storage {target!r} cannot be opened: {error}") from None
+    except Exception as error:  # SQLAlchemy's errors (bad URL, unreachable server) have no common base here
+        raise StorageError(f"--storage {target!r} cannot be opened: {type(error).__name__}: {error}") from None
+
+
+# --- what one search is -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SearchSetup:
+    """Everything a worker process needs to join a study (picklable)."""
+
+    task: Task
+    spec: OptimizerSpec
+    space_text: str | None
+    study_name: str
+    out: Path
+    storage: str | None = None
+    n_trials: int | None = 20
+    timeout: float | None = None
+    epochs: int | None = None
+    metric: str | None = None
+    pruner: str = "median"
+    seed: int = 0
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ValueError(f"trials must be a positive integer, got {self.n_trials!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("give a budget: trials, timeout or both")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        metric = self.metric or self.task.metric
+        if metric != "loss" and metric not in self.task.metrics:
+            raise ValueError(
+                f"metric {metric!r} is not measured on task {self.task.name!r}; "
+                f"valid: loss, {', '.join(self.task.metrics)}"
+            )
+        self.metric = metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "loss" and self.task.higher_is_better
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.higher_is_better else "minimize"
+
+    @property
+    def record_key(self) -> str:
+        """The runner's record field holding the validation metric (validation data is its test set)."""
+        return f"test_{self.metric}"
+
+    @property
+    def trial_epochs(self) -> int:
+        return int(self.epochs or self.task.epochs)
+
+    def space(self) -> SearchSpace:
+        from sgdlab.lab.tune.space import parse_space
+
+        return parse_space(self.space_text, self.spec, self.task)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two invocations the same search (checked when a study is resumed)."""
+        return {
+            "task": self.task.name, "task_fingerprint": self.task.fingerprint(), "opt": self.spec.text,
+            "space": self.space().text(), "epochs": self.trial_epochs, "metric": self.metric,
+            "val_fraction": self.val_fraction, "seed": self.seed,
+        }
+
+
+def make_pruner(name: str, epochs: int) -> Any:
+    import optuna
+
+    if name == "median":
+        # Compare from the second epoch on, and only once five trials have finished: before that the
+        # median is too noisy to kill anything.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+
+
+def create_or_load_study(setup: SearchSetup, storage: Any, *, worker: int = 0) -> Any:
+    """Create the study, or load it and check it is the same search (task, optimizer, space,
+    epochs, metric) so a resumed study never mixes trials of two different questions."""
+    import optuna
+
+    existing = None
+    try:
+        existing = optuna.load_study(study_name=setup.study_name, storage=storage)
+    except KeyError:
+        pass
+    identity = setup.identity()
+    n_before = len(existing.trials) if existing is not None else 0
+    sampler = make_sampler(setup.seed + 1009 * worker + n_before)
+    pruner = make_pruner(setup.pruner, setup.trial_epochs)
+    if existing is not None:
+        saved = existing.user_attrs.get("sgdlab")
+        if saved is not None:
+            differences = [
+                f"{key}: study has {saved.get(key)!r}, this command {value!r}"
+                for key, value in identity.items() if saved.get(key) != value
+            ]
+            if differences:
+                raise StorageError(
+                    f"study {setup.study_name!r} in {storage_description(setup.storage, setup.out)} belongs to "
+                    f"another search ({'; '.join(differences)}); use the same arguments to resume it, or "
+                    f"another --study-name / --out for a new search"
+                )
+        return optuna.load_study(study_name=setup.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    study = optuna.create_study(
+        storage=storage, study_name=setup.study_name, direction=setup.direction, sampler=sampler,
+        pruner=pruner, load_if_exists=True,
+    )
+    if "sgdlab" not in study.user_attrs:
+        study.set_user_attr("sgdlab", identity)
+    return study
+
+
+# --- workers, stale trials and the trial budget ------------------------------------------------
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a live worker from a reused process id)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    pid = int(owner.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    start = owner.get("start")
+    return start is None or _process_start(pid) in (None, start)
+
+
+def _is_stale(trial: Any) -> bool:
+    owner = trial.user_attrs.get(_OWNER)
+    return bool(owner) and owner.get("host") == socket.gethostname() and not _alive(owner)
+
+
+def recover_stale_trials(study: Any, storage: Any) -> list[int]:
+    """Fail the RUNNING trials whose worker (on this machine) is gone and queue their parameters
+    again, so a killed search redoes exactly the interrupted trials. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    recovered = []
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _is_stale(trial):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, _STALE, True)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except Exception:  # another worker recovered it first
+            continue
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"sgdlab_retry_of": trial.number})
+        recovered.append(trial.number)
+    return recovered
+
+
+def count_trials(study: Any) -> dict[str, int]:
+    """Trials by outcome; ``done`` (complete, pruned or failed, not counting trials recovered from
+    dead workers) is what the ``--trials`` budget counts; ``running`` only counts live ones."""
+    from optuna.trial import TrialState
+
+    counts = {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "diverged": 0}
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.COMPLETE:
+            counts["complete"] += 1
+            counts["diverged"] += trial.user_attrs.get("status") == DIVERGED
+        elif trial.state == TrialState.PRUNED:
+            counts["pruned"] += 1
+        elif trial.state == TrialState.FAIL and not trial.user_attrs.get(_STALE):
+            counts["failed"] += 1
+        elif trial.state == TrialState.RUNNING and trial.user_attrs.get(_OWNER) and not _is_stale(trial):
+            counts["running"] += 1
+    counts["done"] = counts["complete"] + counts["pruned"] + counts["failed"]
+    return counts
+
+
+class _Budget:
+    """Stops a worker once the study holds ``n_trials`` finished or running trials (all workers
+    together, resumed runs included)."""
+
+    def __init__(self, n_trials: int | None) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        if self.n_trials is None:
+            return
+        counts = count_trials(study)
+        if counts["done"] + counts["running"] >= self.n_trials:
+            study.stop()
+
+
+# --- the objective --------------------------------------------------------------------------------
+
+
+def make_objective(setup: SearchSetup, space: SearchSpace, val_task: Task) -> Callable[[Any], float]:
+    import optuna
+
+    key, epochs = setup.record_key, setup.trial_epochs
+
+    def objective(trial: Any) -> float:
+        trial.set_user_attr(_OWNER, _owner())
+        values = space.suggest(trial)
+        spec, batch_size = space.configuration(values, val_task)
+        trial.set_user_attr("opt", spec.text)
+        trial.set_user_attr("batch_size", batch_size or val_task.batch_size)
+        started = time.perf_counter()
+
+        def on_eval(record: dict[str, Any]) -> None:
+            epoch, value = record["epoch"], record.get(key)
+            # Whole epochs only (a diverged run's last record is a fractional epoch), finite values only.
+            if not isinstance(epoch, int) or epoch < 1 or value is None:
+                return
+            trial.report(float(value), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+                raise optuna.TrialPruned(f"{setup.metric} {value:.4g} at epoch {epoch} is below the median")
+
+        result = train_run(val_task, spec, seed=setup.seed, epochs=epochs, batch_size=batch_size, on_eval=on_eval)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("status", result.status)
+        final = result.final.get(key)
+        if result.status == DIVERGED or final is None:
+            # No better than not training at all: the untrained model's metric.
+            untrained = result.records[0].get(key) if result.records else None
+            if untrained is None:
+                untrained = 0.0 if setup.higher_is_better else float("inf")
+            return float(untrained)
+        return float(final)
+
+    return objective
+
+
+def run_worker(setup: SearchSetup, worker: int = 0, callbacks: list[Callable[..., None]] | None = None) -> None:
+    """One worker: join the study and run trials until the budget (all workers together) is spent
+    or this worker's ``timeout`` has passed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(setup.storage, setup.out)
+    study = create_or_load_study(setup, storage, worker=worker)
+    space = setup.space()
+    val_task = validation_task(setup.task, setup.val_fraction, setup.seed)
+    counts = count_trials(study)
+    remaining = None
+    if setup.n_trials is not None:
+        remaining = setup.n_trials - counts["done"] - counts["running"]
+        if remaining <= 0:
+            return
+    study.optimize(
+        make_objective(setup, space, val_task), n_trials=remaining, timeout=setup.timeout,
+        callbacks=[_Budget(setup.n_trials), *(callbacks or [])], gc_after_trial=False,
+    )
+
+
+def _worker_process(setup: SearchSetup, worker: int) -> None:
+    torch.set_num_threads(1)  # N workers share the cores: one thread each
+    run_worker(setup, worker)
+
+
+# --- the search, as the CLI runs it ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SearchResult:
+    study: Any
+    setup: SearchSetup
+    space: SearchSpace
+    counts: dict[str, int]
+    recovered: list[int]
+    elapsed: float
+
+    def best(self) -> tuple[OptimizerSpec, int, Any]:
+        """The best configuration: ``(spec, batch_size, frozen_trial)``."""
+        trial = self.study.best_trial
+        spec, batch_size = self.space.configuration(self.space.values_from_params(trial.params), self.setup.task)
+        return spec, batch_size or self.setup.task.batch_size, trial
+
+
+def search(setup: SearchSetup, *, workers: int = 1, progress: bool = True, console: Any = None) -> SearchResult:
+    """Run (or resume) the study with ``workers`` local processes; returns when the budget is spent."""
+    import optuna
+
+    if workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup.out.mkdir(parents=True, exist_ok=True)
+    space = setup.space()  # errors in --space surface before anything starts
+    storage = open_storage(setup.storage, setup.out)
+    study = create_or_load_study(setup, storage)
+    recovered = recover_stale_trials(study, storage)
+    started = time.perf_counter()
+    bar = _SearchProgress(setup, study, enabled=progress, console=console)
+    with bar:
+        if workers == 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the same numbers as in worker processes
+            try:
+                run_worker(setup, 0, callbacks=[lambda s, t: bar.refresh()])
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            _run_processes(setup, workers, bar)
+    counts = count_trials(study)
+    return SearchResult(study, setup, space, counts, recovered, time.perf_counter() - started)
+
+
+def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
+    processes = [context.Process(target=_worker_process, args=(setup, i), daemon=False) for i in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            for process in processes:
+                process.join(timeout=0.5 / len(processes))
+            bar.refresh()
+    finally:
+        for process in processes:  # on Ctrl-C: stop our workers; their trials are recovered next time
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join()
+    failed = [p.exitcode for p in processes if p.exitcode not in (0, None)]
+    if failed and not any(p.exitcode == 0 for p in processes):
+        raise RuntimeError(f"all {workers} search workers failed (exit codes {failed}); see their errors above")
+
+
+class _SearchProgress:
+    """A rich progress bar over the study's trials (all workers), with the best value so far."""
+
+    def __init__(self, setup: SearchSetup, study: Any, enabled: bool, console: Any = None) -> None:
+        self.setup, self.study, self.enabled = setup, study, enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), console=console,
+        )
+        self.task_id = self.progress.add_task("trials", total=setup.n_trials, status="")
+        self._started = time.monotonic()
+
+    def __enter__(self) -> "_SearchProgress":
+        if self.enabled:
+            self.progress.__enter__()
+            self.refresh()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.refresh()
+            self.progress.__exit__(*exc)
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        counts = count_trials(self.study)
+        status = f"{counts['pruned']} pruned"
+        if counts["diverged"]:
+            status += f", {counts['diverged']} diverged"
+        if counts["failed"]:
+            status += f", [red]{counts['failed']} failed[/red]"
+        if counts["running"]:
+            status += f", {counts['running']} running"
+        if counts["complete"]:
+            try:
+                status += f", best {self.setup.metric} {self.study.best_value:.4g}"
+            except ValueError:
+                pass
+        total = self.setup.n_trials
+        if total is None:  # a time budget only: the bar shows the time spent
+            total = max(counts["done"] + counts["running"], 1)
+        self.progress.update(self.task_id, completed=counts["done"], total=total, status=status)
+
+
+def trials_table(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
+    """One row per trial: number, state, value, epochs reached, seconds and the configuration."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(_STALE):
+            continue
+        try:
+            values = space.values_from_params(trial.params)
+        except KeyError:
+            values = {}
+        rows.append({
+            "number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
+            "status": trial.user_attrs.get("status"),
+            "epochs": max(trial.intermediate_values) if trial.intermediate_values else 0,
+            "seconds": trial.user_attrs.get("seconds"), **values,
+        })
+    return rows
+
+
+def write_search_json(result: SearchResult, path: Path) -> None:
+    rows = trials_table(result.study, result.space)
+    info = {
+        "study": result.study.study_name, "storage": storage_description(result.setup.storage, result.setup.out),
+        "direction": result.setup.direction, "metric": result.setup.metric, "identity": result.setup.identity(),
+        "space": result.space.describe(), "counts": result.counts, "recovered_trials": result.recovered,
+        "trials": rows,
+    }
+    path.write_text(json.dumps(info, indent=2, default=repr) + "\n")
