@@ -80,7 +80,7 @@ def open_storage(storage: str | None, out: Path) -> Any:
     (``sqlite:///``, ``postgresql://``, ``mysql://``, ``redis://``) or a file path (``*.db`` /
     ``*.sqlite`` as SQLite, anything else as a journal file)."""
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     target = storage or str(out / "study.journal")
@@ -94,10 +94,7 @@ def open_storage(storage: str | None, out: Path) -> Any:
             if scheme in ("sqlite", "postgresql", "postgres", "mysql", "oracle", "mssql"):
                 # A heartbeat lets any worker fail (and re-queue) trials whose worker died, also on
                 # other machines.
-                return RDBStorage(
-                    target, heartbeat_interval=30, grace_period=120,
-                    failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-                )
+                return _rdb_storage(target)
             raise StorageError(
                 f"--storage {target!r}: unknown scheme {scheme!r}; use a file path (journal file, or "
                 f"*.db for SQLite) or a URL: sqlite:///path.db, postgresql://user:password@host/db, "
@@ -108,10 +105,7 @@ def open_storage(storage: str | None, out: Path) -> Any:
             raise StorageError(f"--storage {target!r} is a directory; give a file path or a URL")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix in (".db", ".sqlite", ".sqlite3"):
-            return RDBStorage(
-                f"sqlite:///{path.resolve()}", heartbeat_interval=30, grace_period=120,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=2),
-            )
+            return _rdb_storage(f"sqlite:///{path.resolve()}")
         return JournalStorage(JournalFileBackend(str(path)))
     except StorageError:
         raise
@@ -121,6 +115,20 @@ def open_storage(storage: str | None, out: Path) -> Any:
         raise StorageError(f"--storage {target!r} cannot be opened: {error}") from None
     except Exception as error:  # SQLAlchemy's errors (bad URL, unreachable server) have no common base here
         raise StorageError(f"--storage {target!r} cannot be opened: {type(error).__name__}: {error}") from None
+
+
+def _rdb_storage(url: str) -> Any:
+    """An SQL storage with a heartbeat: any worker fails, and re-queues, the trials of a worker that
+    stopped beating (killed, machine lost), also on other machines."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():  # both are marked experimental in Optuna 4.x-5.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
 # --- what one search is -------------------------------------------------------------------------
@@ -389,6 +397,8 @@ def run_worker(setup: SearchSetup, worker: int = 0, callbacks: list[Callable[...
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(setup.storage, setup.out)
     study = create_or_load_study(setup, storage, worker=worker)
+    owner = _owner()
+    study.set_user_attr(f"worker:{owner['host']}:{owner['pid']}", {"joined": time.time(), "worker": worker})
     space = setup.space()
     val_task = validation_task(setup.task, setup.val_fraction, setup.seed)
     counts = count_trials(study)
@@ -552,6 +562,7 @@ def write_search_json(result: SearchResult, path: Path) -> None:
         "study": result.study.study_name, "storage": storage_description(result.setup.storage, result.setup.out),
         "direction": result.setup.direction, "metric": result.setup.metric, "identity": result.setup.identity(),
         "space": result.space.describe(), "counts": result.counts, "recovered_trials": result.recovered,
+        "workers_joined": sorted(k.split(":", 1)[1] for k in result.study.user_attrs if k.startswith("worker:")),
         "trials": rows,
     }
     path.write_text(json.dumps(info, indent=2, default=repr) + "\n")
