@@ -17,7 +17,7 @@ import numpy as np
 from sgdlab.lab.landscape.functions import Function2D
 from sgdlab.lab.landscape.trajectories import Trajectory
 
-__all__ = ["animate_paths", "plot_paths"]
+__all__ = ["animate_paths", "plot_network", "plot_paths"]
 
 # Path colours chosen to stand out on the light-to-dark "bone" background of the contour map.
 PALETTE = ["#e6194b", "#f58231", "#3cb44b", "#4363d8", "#911eb4", "#f032e6", "#9a6324", "#000075"]
@@ -285,3 +285,87 @@ def _write_movie(images: list[np.ndarray], path: Path, fps: int) -> None:
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-pix_fmt", "yuv420p", str(path),
     ]
     subprocess.run(command, input=b"".join(a.tobytes() for a in images), check=True)
+
+
+# --- real networks ----------------------------------------------------------------------------
+
+
+def plot_network(result, path: str | Path | None = None, *, dpi: int = 120):
+    """The figure of a :class:`~sgdlab.lab.landscape.network.NetworkLandscape`.
+
+    Top: train (solid) and test (dashed) loss along the line from the initialisation to each
+    solution, and train loss along the line between each pair of solutions. Bottom: the 2-D
+    filter-normalized slice around each solution, all on one logarithmic colour scale so that
+    flat and sharp minima can be compared at a glance.
+    """
+    from matplotlib import colors, ticker
+
+    plt = _pyplot()
+    labels = [s.label for s in result.solutions if s.label in result.slices]
+    by_label = {s.label: s for s in result.solutions}
+    color_of = {s.label: PALETTE[i % len(PALETTE)] for i, s in enumerate(result.solutions)}
+    n = max(len(labels), 1)
+    fig = plt.figure(figsize=(max(11.0, 4.6 * n + 1.5), 9.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.15])
+
+    ax_init, ax_pair = top.subplots(1, 2)
+    alphas = result.line_alphas
+    for label, line in result.init_lines.items():
+        ax_init.plot(alphas, line, color=color_of[label], lw=1.8, label=f"{label} (train)")
+        ax_init.plot(alphas, result.init_lines_test[label], color=color_of[label], lw=1.2, ls="--",
+                     label=f"{label} (test)")
+    for ax in (ax_init, ax_pair):
+        ax.set_yscale("log")
+        ax.axvline(0.0, color="0.6", lw=0.8)
+        ax.axvline(1.0, color="0.6", lw=0.8)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_ylabel("loss")
+    ax_init.set_xlabel("α   (0 = initialisation, 1 = trained solution)")
+    ax_init.set_title("from the initialisation to each solution")
+    if result.init_lines:
+        ax_init.legend(fontsize=8)
+    pair_styles = ["-", "--", "-.", ":"]
+    for k, ((a, b), line) in enumerate(result.pair_lines.items()):
+        ax_pair.plot(alphas, line, color=color_of[a], lw=1.8, ls=pair_styles[k % len(pair_styles)],
+                     label=f"{a}  →  {b}")
+        ax_pair.plot([0.0, 1.0], [line[np.argmin(np.abs(alphas))], line[np.argmin(np.abs(alphas - 1))]],
+                     "o", color=color_of[a], ms=5)
+    ax_pair.set_xlabel("α   (0 = first solution, 1 = second solution)")
+    ax_pair.set_title("between solutions (train loss)")
+    if result.pair_lines:
+        ax_pair.legend(fontsize=8)
+    else:
+        ax_pair.text(0.5, 0.5, "needs two solutions", transform=ax_pair.transAxes, ha="center",
+                     color="0.4")
+
+    axes = np.atleast_1d(bottom.subplots(1, n, sharex=True, sharey=True))
+    if labels:
+        values = np.concatenate([result.slices[label].ravel() for label in labels])
+        values = values[np.isfinite(values) & (values > 0)]
+        lo, hi = float(values.min()), float(values.max())
+        hi = max(hi, lo * 1.001)
+        levels = np.logspace(math.log10(lo), math.log10(hi), 30)
+        norm = colors.LogNorm(vmin=lo, vmax=hi)
+        coords = result.slice_coords
+        for ax, label in zip(axes, labels):
+            Z = np.clip(np.nan_to_num(result.slices[label], nan=hi, posinf=hi), lo, hi)
+            filled = ax.contourf(coords, coords, Z, levels=levels, norm=norm, cmap="viridis")
+            ax.contour(coords, coords, Z, levels=levels[::3], colors="white", linewidths=0.5,
+                       alpha=0.6)
+            ax.plot(0, 0, "*", ms=14, mfc="gold", mec="black", mew=1.0)
+            s = by_label[label]
+            ax.set_title(f"{label}\ntrain loss {s.train_loss:.3g} · test {result.metric} "
+                         f"{s.test_metric:.3f} · λ_max {s.sharpness:.3g}", fontsize=10)
+            ax.set_aspect("equal")
+            ax.set_xlabel("direction 1 (filter-normalized)")
+        axes[0].set_ylabel("direction 2 (filter-normalized)")
+        bar = bottom.colorbar(filled, ax=list(axes), fraction=0.04, pad=0.02)
+        bar.locator = ticker.LogLocator()
+        bar.formatter = ticker.LogFormatterMathtext()
+        bar.update_ticks()
+        bar.set_label("train loss (same scale for all)")
+    bottom.suptitle("2-D slices around each solution (Li et al. 2018), ★ = the solution", fontsize=11)
+    fig.suptitle(f"{result.task}: loss landscape of the trained networks", fontsize=13)
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
