@@ -112,3 +112,11 @@ def test_a_dimension_fixed_by_opt_cannot_also_be_searched(digits):
 def test_batch_size_is_rejected_for_full_batch_optimizers(digits):
     with pytest.raises(SpaceError, match="full-batch"):
         _space("batch_size=8|16", "gd", digits)
+
+
+def test_wrappers_are_searched_like_their_base_plus_their_own_hyperparameters(digits):
+    sam = _space(None, "sam", digits).dimensions
+    assert {"lr", "momentum", "rho"} <= set(sam) and sam["lr"].high == 1.0  # base: SGD with momentum
+    on_adamw = _space(None, "sam:base=adamw", digits).dimensions
+    assert {"beta1", "beta2", "rho"} <= set(on_adamw) and "momentum" not in on_adamw
+    assert on_adamw["weight_decay"].high >= 0.1

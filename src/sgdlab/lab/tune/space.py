@@ -210,9 +210,19 @@ def default_space(spec: OptimizerSpec, task: Any = None) -> dict[str, Dimension]
     fixed = set(spec.hyperparameters)
     dims: dict[str, Dimension] = {}
 
+    family = entry.family
+    base = resolved.get("base", _signature_default(factory, "base"))
+    if isinstance(base, str):  # a wrapper (SAM): searched like its base optimizer, plus its own knobs
+        from sgdlab.lab.specs import lookup
+
+        base_entry = lookup(base)
+        family = family or base_entry.family
+        base_accepted = _hyperparameter_names(base_entry.resolve())
+        if base_accepted is not None:
+            known = set(base_accepted)
     if "lr" in known and "lr" not in fixed:
-        if entry.family in _LR_BY_FAMILY:
-            low, high = _LR_BY_FAMILY[entry.family]
+        if family in _LR_BY_FAMILY:
+            low, high = _LR_BY_FAMILY[family]
         else:
             base = float(resolved.get("lr", _signature_default(factory, "lr") or 1e-3))
             low, high = base / 100, base * 30
@@ -223,7 +233,7 @@ def default_space(spec: OptimizerSpec, task: Any = None) -> dict[str, Dimension]
         dims["beta1"] = _float_dimension("beta1", *_GENERIC["beta1"])
         dims["beta2"] = _float_dimension("beta2", *_GENERIC["beta2"])
     if "weight_decay" in known and "weight_decay" not in fixed:
-        decoupled = bool(resolved.get("decoupled_weight_decay")) or entry.name.lower().endswith("adamw") or (
+        decoupled = bool(resolved.get("decoupled_weight_decay")) or entry.name.lower().endswith("adamw") or str(base).lower().endswith("adamw") or (
             getattr(factory, "__name__", "") == "AdamW"
         )
         low, high = (1e-4, 0.3) if decoupled else (1e-6, 1e-2)
@@ -342,3 +352,10 @@ def _check_builds(space: SearchSpace, task: Any) -> None:
         except (ValueError, TypeError, RuntimeError) as error:
             shown = ", ".join(f"{k}={v!r}" for k, v in corner.items() if k != "batch_size")
             raise SpaceError(f"the space reaches invalid values for {space.spec.name} ({shown}): {error}") from None
+
+
+# --- optimizers' own hyperparameters ----------------------------------------------------------------
+# SAM's neighbourhood radius: Foret et al. (2021) use 0.01-0.5 for SGD bases; ASAM's radius is in
+# units of |w| and is about ten times larger (Kwon et al., 2021, use 0.5-2).
+register_space("sam", rho=(0.01, 0.5, "log"))
+register_space("asam", rho=(0.05, 2.0, "log"))
