@@ -27,10 +27,11 @@ smoothed loss falls fastest per unit of log learning rate, before the minimum â€
 and returned, but it is the less reliable of the two: the loss at each step is the *cumulative*
 result of the whole sweep so far, so the steepest point moves with the sweep speed (for gradient
 descent on a quadratic it sits near ``(growth - 1) / (2 * curvature)``, far below the usable range),
-and on small noisy batches the noise can outweigh the trend. Measured on sgdlab's checks (MLP on
-scikit-learn digits, 5 epochs, grid of learning rates; quadratic with known curvature), "min/10"
-landed inside the best half-decade of the grid for SGD with momentum and for AdamW, "steepest"
-overshot it for SGD with momentum (0.2 against a best of 0.03-0.1).
+and on small noisy batches the noise can outweigh the trend. Measured with
+``python examples/lr_range_test.py --grid`` (MLP on scikit-learn digits, batch 32, 5 epochs, grid of
+ten learning rates): "min/10" suggested 0.075 for SGD with momentum 0.9 (94.7% validation accuracy;
+grid best 94.7% at 0.1) and 0.0099 for AdamW (94.2%; grid best 95.1% at 0.0032); "steepest"
+suggested 0.16 and 0.014.
 """
 
 from __future__ import annotations
