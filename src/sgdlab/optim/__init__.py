@@ -3,6 +3,8 @@
 
 from sgdlab.optim.adam import Adam, AdamW
 from sgdlab.optim.base import RuleOptimizer
+from sgdlab.optim.compact import compact_state
+from sgdlab.optim.in_backward import optimizer_in_backward
 from sgdlab.optim.sgd import SGD
 from sgdlab.optim.sam import SAM
 from sgdlab.optim.schedule_free import ScheduleFreeAdamW, ScheduleFreeSGD
@@ -17,4 +19,6 @@ __all__ = [
     "SWATS",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "compact_state",
+    "optimizer_in_backward",
 ]

@@ -79,7 +79,22 @@ class RuleOptimizer(Optimizer):
                             self.state[param] = state
         return loss
 
-    def _run_rule(self, index: int, group: dict[str, Any], params: list[Tensor],
+    def step_parameter(self, param: Tensor, group_index: int) -> None:
+        """Update one parameter of group ``group_index`` from its ``.grad``, then drop the grad
+        (the unit of work of :func:`sgdlab.optim.optimizer_in_backward`)."""
+        group = self.param_groups[group_index]
+        grad = param.grad
+        if grad is None:
+            return
+        with torch.no_grad():
+            self.check_grad(param, grad)
+            state = self.state.get(param) or self.init_state(param, group)
+            self._run_rule((group_index, id(param)), group, [param], [grad], [state])
+            if state and param not in self.state:
+                self.state[param] = state
+        param.grad = None
+
+    def _run_rule(self, index: Any, group: dict[str, Any], params: list[Tensor],
                   grads: list[Tensor], states: list[dict[str, Any]]) -> None:
         """Hand a group to an execution strategy: the grouped (flat, compiled when large) path
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""

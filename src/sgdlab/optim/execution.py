@@ -284,8 +284,8 @@ def grouped(
     def call(t: list[Tensor], offset: int) -> None:
         c = tensor_scalars
         if compact:
-            seed = (layout_seed * 0x9E3779B1 + offset) & 0xFFFFFFFF
-            c = [torch.tensor(seed, dtype=torch.int64, device=device), *tensor_scalars[1:]]
+            seed = (layout_seed * 0x9E3779B1 + offset) & 0x3FFFFFFF
+            c = [torch.tensor(seed, dtype=torch.int32, device=device), *tensor_scalars[1:]]
         nonlocal function
         try:
             function(t, scalars, c)

@@ -159,13 +159,10 @@ def round_to_bfloat16(x: Tensor, seed: Any) -> Tensor:
     noise below the cut bits before truncating makes each stored value correct on average. The
     noise is a hash of the element's index and ``seed``: deterministic, no generator state.
     """
-    # A 32-bit integer hash (multipliers below 2**27, so products fit in int64).
-    index = (torch.arange(x.shape[0], device=x.device, dtype=torch.int64) + seed) & 0xFFFFFFFF
-    h = (index * 0x45D9F3B) & 0xFFFFFFFF
-    h = h ^ (h >> 16)
-    h = (h * 0x45D9F3B) & 0xFFFFFFFF
-    h = h ^ (h >> 16)
-    noise = (h & 0xFFFF).to(torch.int32)
+    # Multiplicative (Fibonacci) hashing of (index + seed), keeping the well-mixed high bits;
+    # int32 arithmetic wraps on overflow in PyTorch and in Inductor's vector code.
+    h = (torch.arange(x.shape[0], device=x.device, dtype=torch.int32) + seed) * -1640531535
+    noise = (h >> 16) & 0xFFFF
     bits = (x.view(torch.int32) + noise) & -65536
     return bits.view(torch.float32).to(torch.bfloat16)
 
@@ -200,7 +197,7 @@ def trace(
     """
     tracer = _Tracer()
     if compact:
-        tracer.tensor_scalars.append(torch.zeros((), dtype=torch.int64))  # c[0]: rounding seed
+        tracer.tensor_scalars.append(torch.zeros((), dtype=torch.int32))  # c[0]: rounding seed
     reads: list[str] = ["    x0 = t[0]", "    x1 = t[1]"]
     state: dict[str, Any] = dict(numbers)
     for i, key in enumerate(state_keys, start=2):

@@ -1,0 +1,322 @@
+"""Optimizer step time: sgdlab against torch.optim's three execution paths, on real model shapes.
+
+An optimizer step reads and writes every parameter, gradient and state element once, so its
+floor is memory bandwidth. Each case therefore also measures the machine's copy bandwidth in the
+same run, and reports every contender as GB/s and as a percentage of that roofline:
+
+    roofline time = bytes an ideal step must move / copy bandwidth
+
+with, per parameter, SGD + momentum moving 5 words (read parameter, gradient, buffer; write
+parameter, buffer) and Adam/AdamW 7 (plus the two moments' reads and writes). Compact state moves
+fewer bytes, which is the only way to beat that floor.
+
+Fairness on a noisy machine: all contenders share the same parameters and gradients, run in
+interleaved rounds (a different order each round), and the reported time is the median over
+rounds. The first step (which includes compiling, for sgdlab's compiled path) is reported apart.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+
+from sgdlab.bench import shapes as shape_lists
+
+# name -> (description, shapes factory)
+CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
+    "resnet50": ("ResNet-50: 161 tensors, 25.6M parameters", shape_lists.resnet50_shapes),
+    "gpt2-small": ("GPT-2 small: 148 tensors, 124.4M parameters", shape_lists.gpt2_small_shapes),
+    "8x4M": ("8 tensors of 4M parameters", shape_lists.uniform_shapes),
+}
+# Small versions for --quick (seconds, no compilation: every group stays below the compile size).
+QUICK_CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
+    "resnet50/64": (
+        "ResNet-50 shapes, 1/64 of the channels' width product",
+        lambda: [tuple(max(1, s // 8) if i < 2 else s for i, s in enumerate(shape))
+                 for shape in shape_lists.resnet50_shapes(num_classes=16)],
+    ),
+    "8x16k": ("8 tensors of 16k parameters", lambda: shape_lists.uniform_shapes(8, 16384)),
+}
+
+# name -> (torch.optim class name, hyperparameters, words moved per parameter by an ideal step
+# with float32 state, state words per parameter)
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any], int]] = {
+    "sgd-momentum": ("SGD", {"lr": 0.01, "momentum": 0.9}, 5),
+    "sgd-nesterov-wd": (
+        "SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}, 5
+    ),
+    "adam": ("Adam", {"lr": 1e-3}, 7),
+    "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.01}, 7),
+}
+
+CONTENDERS = (
+    "sgdlab",
+    "sgdlab bf16 state",
+    "torch for-loop",
+    "torch foreach",
+    "torch fused",
+)
+
+
+@dataclass
+class Row:
+    case: str
+    optimizer: str
+    contender: str
+    ms_per_step: float
+    first_step_s: float
+    gb_per_s: float
+    roofline_pct: float
+    state_bytes_per_param: float
+    ratio_to_torch_fused: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class CaseInfo:
+    case: str
+    description: str
+    tensors: int
+    parameters: int
+    copy_gb_per_s: float
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    cases: list[CaseInfo]
+    rows: list[Row]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def rows_for(self, case: str, optimizer: str) -> dict[str, Row]:
+        return {r.contender: r for r in self.rows if r.case == case and r.optimizer == optimizer}
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        try:
+            with open("/proc/cpuinfo") as cpuinfo:
+                for line in cpuinfo:
+                    if line.startswith("model name"):
+                        info["cpu"] = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            info["cpu"] = platform.processor()
+        info["logical_cpus"] = __import__("os").cpu_count()
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, numel: int, repeats: int = 7) -> float:
+    """Median GB/s of ``dst.copy_(src)`` (one read and one write of ``numel`` float32)."""
+    src = torch.rand(numel, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * src.nbytes / statistics.median(times) / 1e9
+
+
+def make_optimizer(contender: str, optimizer: str, params: list[torch.Tensor]):
+    import sgdlab
+
+    class_name, hyperparameters, _ = OPTIMIZERS[optimizer]
+    if contender == "sgdlab":
+        return getattr(sgdlab, class_name)(params, **hyperparameters)
+    if contender == "sgdlab bf16 state":
+        group = {"params": params, "state_dtype": torch.bfloat16}
+        return getattr(sgdlab, class_name)([group], **hyperparameters)
+    path = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
+            "torch fused": {"fused": True}}[contender]
+    return getattr(torch.optim, class_name)(params, **hyperparameters, **path)
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.nbytes
+    return total
+
+
+def ideal_bytes(optimizer: str, contender: str, params: list[torch.Tensor]) -> int:
+    """Bytes an ideal step must move: parameter read + write, gradient read, state read + write."""
+    _, _, words = OPTIMIZERS[optimizer]
+    numel = sum(p.numel() for p in params)
+    state_words = words - 3
+    state_width = 2 if "bf16" in contender else 4
+    return numel * (3 * 4 + state_words * state_width)
+
+
+def run(
+    cases: Iterable[str] | None = None,
+    optimizers: Iterable[str] | None = None,
+    contenders: Iterable[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    rounds: int = 7,
+    steps: int = 2,
+    quick: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Time every contender on every (case, optimizer); see the module docstring.
+
+    ``cases`` are names from :data:`CASES` (or :data:`QUICK_CASES`) or ``module:factory`` specs;
+    ``device`` defaults to CUDA when present. Each of ``rounds`` rounds times ``steps`` steps of
+    each contender, in a rotated order; the median per-step time is reported.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    table = QUICK_CASES if quick else CASES
+    cases = list(cases or table)
+    optimizers = list(optimizers or OPTIMIZERS)
+    contenders = list(contenders or CONTENDERS)
+    if quick:
+        rounds, steps = min(rounds, 3), 1
+    for name in optimizers:
+        if name not in OPTIMIZERS:
+            raise ValueError(f"Invalid optimizer: {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    for name in contenders:
+        if name not in CONTENDERS:
+            raise ValueError(f"Invalid contender: {name!r} (choose from {', '.join(CONTENDERS)})")
+    if rounds < 1 or steps < 1:
+        raise ValueError(f"Invalid rounds/steps: rounds={rounds}, steps={steps} (expected >= 1)")
+    resolved = []
+    for case in cases:
+        if case in CASES or case in QUICK_CASES:
+            description, factory = {**CASES, **QUICK_CASES}[case]
+            resolved.append((case, description, factory()))
+        elif ":" in case:
+            resolved.append((case, f"parameters of {case}", shape_lists.factory_shapes(case)))
+        else:
+            known = ", ".join([*CASES, *QUICK_CASES])
+            raise ValueError(f"Invalid case: {case!r} (choose from {known}, or module:factory)")
+
+    say = log or (lambda message: None)
+    infos: list[CaseInfo] = []
+    rows: list[Row] = []
+    for case, description, shapes in resolved:
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=generator).to(device) for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-3
+        numel = sum(p.numel() for p in params)
+        bandwidth = copy_bandwidth(device, max(numel, 1 << 22))
+        infos.append(CaseInfo(case, description, len(params), numel, bandwidth))
+        say(f"{case}: {len(params)} tensors, {numel:,} parameters, copy {bandwidth:.1f} GB/s")
+        for optimizer in optimizers:
+            instances = {}
+            first_step = {}
+            for contender in contenders:
+                instances[contender] = make_optimizer(contender, optimizer, params)
+                _sync(device)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    instances[contender].step()
+                _sync(device)
+                first_step[contender] = time.perf_counter() - start
+                with torch.no_grad():
+                    instances[contender].step()  # warm: second-use compilation, caches
+            samples: dict[str, list[float]] = {c: [] for c in contenders}
+            for r in range(rounds):
+                order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+                for contender in order:
+                    opt = instances[contender]
+                    _sync(device)
+                    start = time.perf_counter()
+                    with torch.no_grad():
+                        for _ in range(steps):
+                            opt.step()
+                    _sync(device)
+                    samples[contender].append((time.perf_counter() - start) / steps)
+            fused = statistics.median(samples["torch fused"]) if "torch fused" in samples else None
+            for contender in contenders:
+                seconds = statistics.median(samples[contender])
+                moved = ideal_bytes(optimizer, contender, params)
+                roofline = moved / (bandwidth * 1e9)
+                rows.append(Row(
+                    case=case,
+                    optimizer=optimizer,
+                    contender=contender,
+                    ms_per_step=seconds * 1e3,
+                    first_step_s=first_step[contender],
+                    gb_per_s=moved / seconds / 1e9,
+                    roofline_pct=100 * roofline / seconds,
+                    state_bytes_per_param=state_bytes(instances[contender]) / numel,
+                    ratio_to_torch_fused=seconds / fused if fused else None,
+                    samples_ms=[s * 1e3 for s in samples[contender]],
+                ))
+                say(f"  {optimizer:16s} {contender:18s} {seconds * 1e3:9.2f} ms/step"
+                    + (f"  x{seconds / fused:.3f} of torch fused" if fused else ""))
+            del instances
+    settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick,
+                "contenders": contenders, "optimizers": {k: OPTIMIZERS[k][:2] for k in optimizers}}
+    return BenchResult(machine_info(device), settings, infos, rows)
+
+
+def render(result: BenchResult, console: Any = None) -> None:
+    """Print the results as rich tables, one per case."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]machine[/]: {result.machine.get('cpu') or result.machine.get('gpu')}, "
+                  f"torch {result.machine['torch']}, {result.machine['threads']} threads")
+    for info in result.cases:
+        table = Table(title=f"{info.case}: {info.description} — copy bandwidth "
+                            f"{info.copy_gb_per_s:.1f} GB/s")
+        for column in ("optimizer", "contender", "ms/step", "GB/s", "% roofline",
+                       "state B/param", "vs torch fused", "first step s"):
+            table.add_column(column, justify="left" if column in ("optimizer", "contender")
+                             else "right")
+        for row in (r for r in result.rows if r.case == info.case):
+            ratio = row.ratio_to_torch_fused
+            ratio_text = "" if ratio is None else f"{ratio:.3f}x"
+            if ratio is not None and row.contender.startswith("sgdlab"):
+                good = ratio <= 1.05 if row.contender == "sgdlab" else ratio < 1.0
+                ratio_text = f"[{'green' if good else 'red'}]{ratio_text}[/]"
+            table.add_row(row.optimizer, row.contender, f"{row.ms_per_step:.2f}",
+                          f"{row.gb_per_s:.1f}", f"{row.roofline_pct:.0f}%",
+                          f"{row.state_bytes_per_param:.2f}", ratio_text,
+                          f"{row.first_step_s:.2f}")
+        console.print(table)
+
+
+def markdown(result: BenchResult) -> str:
+    """The results as a Markdown table (for the README)."""
+    lines = ["| case | optimizer | contender | ms/step | GB/s | % roofline | state B/param "
+             "| vs torch fused |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in result.rows:
+        ratio = "" if row.ratio_to_torch_fused is None else f"{row.ratio_to_torch_fused:.3f}x"
+        lines.append(f"| {row.case} | {row.optimizer} | {row.contender} | {row.ms_per_step:.1f} "
+                     f"| {row.gb_per_s:.1f} | {row.roofline_pct:.0f}% "
+                     f"| {row.state_bytes_per_param:.2f} | {ratio} |")
+    return "\n".join(lines)
