@@ -4,6 +4,7 @@ write a report directory. With no arguments, the default race (see ``DEFAULT_TAS
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DEFAULT_TASK = "mnist1d"
@@ -96,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from sgdlab.lab.report import build_report, print_report, write_report
     from sgdlab.lab.runner import default_out, default_workers, run_race
 
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)  # a log file or pipe: room for the tables
     task = tasks_module.get_task(args.task)
     try:
         chosen = (specs_module.parse_specs(args.opt, task=task) if args.opt else specs_module.default_specs())

@@ -48,18 +48,19 @@ def _metric_is_fraction(report: Report) -> bool:
     return report.task.metric in ("accuracy",)
 
 
-def results_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    metric = report.task.metric
+def results_rows(report: Report, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The results table; ``compact`` (the terminal) leaves out the best metric and the step count."""
+    metric = report.task.metric.replace("accuracy", "acc" if compact else "accuracy")
     pct = _metric_is_fraction(report)
     target = report.target_loss
+    reach = f"{target:.3g}" if target is not None else "target"
     header = ["optimizer", f"test {metric}", f"best test {metric}", "train loss", "test loss", "gap",
-             f"epochs to {target:.3g}" if target is not None else "epochs to target",
-             "time to target (s)", "steps", "diverged"]
+              f"epochs to {reach}", f"seconds to {reach}", "steps", "diverged"]
     rows = []
     for s in report.summaries.values():
-        reached = ""
+        note = ""
         if target is not None and s.reached < s.runs:
-            reached = f" ({s.reached}/{s.runs})" if s.reached else "never"
+            note = f" ({s.reached}/{s.runs} seeds)" if s.reached else "never"
         rows.append([
             s.label,
             s.final_metric.format(3, pct),
@@ -67,11 +68,16 @@ def results_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             s.final_train_loss.format(3),
             s.final_test_loss.format(3),
             s.gap.format(2),
-            (s.epochs_to_target.format(3) + reached) if s.reached else (reached or "-"),
+            (s.epochs_to_target.format(3) + note) if s.reached else (note or "-"),
             s.time_to_target.format(2) if s.reached else "-",
             f"{s.steps.mean:.0f}" if s.steps.n else "-",
             f"{s.diverged + s.failed}/{s.runs}",
         ])
+    if compact:
+        keep = [0, 1, 3, 4, 5, 6, 7, 9]
+        header = [header[i] for i in keep]
+        header[-1] = "div."
+        rows = [[row[i] for i in keep] for row in rows]
     return header, rows
 
 
@@ -114,7 +120,7 @@ def print_report(report: Report, console: Any = None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    header, rows = results_rows(report)
+    header, rows = results_rows(report, compact=True)
     table = Table(title=f"sgdlab compare — {report.task.name}", caption=_caption(report), caption_justify="left")
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)

@@ -318,9 +318,20 @@ def default_out(task_name: str) -> Path:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(task: Task, queue: Any) -> None:
+def _init_worker(task: Task, queue: Any, parent: int) -> None:
     torch.set_num_threads(1)  # several processes share the cores: one thread each
     _WORKER["task"], _WORKER["queue"] = task, queue
+    # A worker whose race was killed (kill -9, a closed terminal) must not keep training: a rerun
+    # would find two processes writing the same checkpoint.
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sgdlab-parent-watch").start()
 
 
 def _worker_job(spec: OptimizerSpec, seed: int, budget: Budget, batch_size: int | None, checkpoint: str) -> RunResult:
@@ -466,7 +477,7 @@ def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bar
     results: dict[tuple[str, int], RunResult] = {}
     executor = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-        initargs=(task, messages),
+        initargs=(task, messages, os.getpid()),
     )
 
     def drain(timeout: float) -> None:

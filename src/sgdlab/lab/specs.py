@@ -336,3 +336,15 @@ register_optimizer("amsgrad", _ADAM, defaults={"amsgrad": True}, family="adam",
 register_optimizer("sgdw", _SGD, defaults={"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
                                            "decoupled_weight_decay": True}, family="sgd",
                    description="SGD with momentum and decoupled weight decay (SGDW)")
+# Beyond torch.optim (issue 7). Schedule-free methods are switched to eval() around evaluations by
+# the runner; SAM takes two gradients per step (the runner always passes a closure).
+register_optimizer("swats", "sgdlab.optim:SWATS", family="adam",
+                   description="SWATS: Adam, then SGD with momentum once Adam's implied SGD rate settles")
+register_optimizer("schedulefree_sgd", "sgdlab.optim:ScheduleFreeSGD", defaults={"lr": 0.1},
+                   description="schedule-free SGD (Defazio et al. 2024), momentum 0.9, no LR schedule")
+register_optimizer("schedulefree_adamw", "sgdlab.optim:ScheduleFreeAdamW",
+                   description="schedule-free AdamW (Defazio et al. 2024), no LR schedule")
+register_optimizer("sam", "sgdlab.lab.sam:build_sam",
+                   description="SAM (rho 0.05) around base=momentum; sam:base=adamw,lr=1e-3 wraps another spec")
+register_optimizer("asam", "sgdlab.lab.sam:build_asam",
+                   description="adaptive SAM (ASAM, rho 0.5) around base=momentum; base=... as for sam")

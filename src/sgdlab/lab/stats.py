@@ -262,8 +262,8 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
     if gd and sgd:
         findings.append(Finding(
             "Full-batch GD vs mini-batch SGD (same epochs of data)",
-            f"gd: {_speed(gd, target)}, {gd.steps.format(4)} steps; sgd: {_speed(sgd, target)}, "
-            f"{sgd.steps.format(4)} steps",
+            f"gd: {_speed(gd, target)}, {gd.steps.mean:.0f} steps; sgd: {_speed(sgd, target)}, "
+            f"{sgd.steps.mean:.0f} steps",
             f"faster per epoch: {_faster(gd, sgd, target)}; generalization: "
             + _better_metric(gd, sgd, metric, higher_is_better),
         ))
