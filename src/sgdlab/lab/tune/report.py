@@ -70,7 +70,9 @@ def python_snippet(spec: OptimizerSpec, task: Any, batch_size: int | None) -> st
         head, call = "import torch\n", f"torch.optim.{factory.__name__}"
     else:
         head, call = f"from {factory.__module__} import {factory.__qualname__}\n", factory.__qualname__
-    arguments = ", ".join(f"{k}={v!r}" for k, v in spec.resolved(task).items())
+    resolved = spec.resolved(task)
+    ordered = sorted(resolved, key=lambda k: (k != "lr", list(resolved).index(k)))  # lr first, as in torch.optim
+    arguments = ", ".join(f"{k}={resolved[k]!r}" for k in ordered)
     lines = head + f"optimizer = {call}(model.parameters(), {arguments})"
     if batch_size is not None and not spec.full_batch:
         lines += f"\n# mini-batches of {batch_size} examples"
@@ -169,14 +171,34 @@ def history_figure(result: SearchResult) -> bytes:
             last_value[trial.number] = trial.intermediate_values[max(trial.intermediate_values)]
     pick = max if setup.higher_is_better else min
 
-    left.scatter([r["number"] for r in finished], [r["value"] for r in finished], s=28, color="#1f4e8c",
-                 label=f"complete ({len(finished)})", zorder=3)
     p = [(r["number"], last_value[r["number"]]) for r in pruned if r["number"] in last_value]
+    # Keep the informative range in view; trials far outside it (diverged, hopeless) are drawn at the edge.
+    values = [r["value"] for r in finished] + [v for _, v in p]
+    ylim, clipped = None, False
+    if len(values) > 3:
+        if setup.higher_is_better:
+            low, high = float(np.percentile(values, 10)), max(values)
+            ylim = (low - 0.25 * (high - low), high + 0.08 * (high - low)) if high > low else None
+        else:
+            low, high = min(values), float(np.percentile(values, 90))
+            ylim = (low - 0.08 * (high - low), high + 0.25 * (high - low)) if high > low else None
+
+    def shown(value: float) -> float:
+        nonlocal clipped
+        if ylim is None:
+            return value
+        margin = 0.015 * (ylim[1] - ylim[0])
+        inside = min(max(value, ylim[0] + margin), ylim[1] - margin)
+        clipped = clipped or inside != value
+        return inside
+
+    left.scatter([r["number"] for r in finished], [shown(r["value"]) for r in finished], s=28, color="#1f4e8c",
+                 label=f"complete ({len(finished)})", zorder=3)
     if p:
-        left.scatter(*zip(*p), s=22, marker="x", color="#9aa7b8", label=f"pruned ({len(pruned)}), last value",
-                     zorder=2)
+        left.scatter([n for n, _ in p], [shown(v) for _, v in p], s=22, marker="x", color="#9aa7b8",
+                     label=f"pruned ({len(pruned)}), last value", zorder=2)
     if diverged:
-        left.scatter([r["number"] for r in diverged], [r["value"] for r in diverged], s=30, marker="v",
+        left.scatter([r["number"] for r in diverged], [shown(r["value"]) for r in diverged], s=30, marker="v",
                      color="#c0392b", label=f"diverged ({len(diverged)}), scored as untrained", zorder=3)
     if done:
         ordered = sorted(done, key=lambda r: r["number"])
@@ -189,19 +211,16 @@ def history_figure(result: SearchResult) -> bytes:
     left.set_xlabel("trial")
     left.set_ylabel(metric)
     left.set_title("Optimization history")
-    values = [r["value"] for r in finished] + [v for _, v in p]
-    if len(values) > 3:  # keep the informative range in view; diverged and hopeless trials sit at the floor
-        low, high = np.percentile(values, 10), max(values)
-        if setup.higher_is_better and high > low:
-            left.set_ylim(low - 0.25 * (high - low), high + 0.08 * (high - low))
+    if ylim is not None:
+        left.set_ylim(*ylim)
     left.legend(fontsize=8, frameon=False, loc="lower right" if setup.higher_is_better else "upper right")
 
     if "lr" in result.space.dimensions and result.space.dimensions["lr"].searched:
         for group, style in ((finished, dict(s=28, color="#1f4e8c", label="complete")),
                              (diverged, dict(s=30, marker="v", color="#c0392b", label="diverged"))):
             if group:
-                right.scatter([r["lr"] for r in group], [r["value"] for r in group], **style, zorder=3)
-        pr = [(r["lr"], last_value[r["number"]]) for r in pruned if r["number"] in last_value and "lr" in r]
+                right.scatter([r["lr"] for r in group], [shown(r["value"]) for r in group], **style, zorder=3)
+        pr = [(r["lr"], shown(last_value[r["number"]])) for r in pruned if r["number"] in last_value and "lr" in r]
         if pr:
             right.scatter(*zip(*pr), s=22, marker="x", color="#9aa7b8", label="pruned (last value)", zorder=2)
         try:
@@ -220,8 +239,9 @@ def history_figure(result: SearchResult) -> bytes:
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-    figure.suptitle(f"{setup.task.name} / {setup.spec.text}: {len(rows)} trials, {setup.trial_epochs} epochs each",
-                    fontsize=11)
+    note = "; points beyond the axes are drawn at their edge" if clipped else ""
+    figure.suptitle(f"{setup.task.name} / {setup.spec.text}: {len(rows)} trials, {setup.trial_epochs} epochs "
+                    f"each{note}", fontsize=11)
     figure.tight_layout()
     return _png(figure)
 
