@@ -238,7 +238,7 @@ FUNCTIONS: dict[str, Function2D] = {
             formula=r"$(x^2+y-11)^2 + (x+y^2-7)^2$",
         ),
         Function2D(
-            "beale", _beale, (-4.5, 4.5), (-4.5, 4.5), (-1.0, 1.5), ((3.0, 0.5),),
+            "beale", _beale, (-4.5, 4.5), (-4.5, 4.5), (1.0, 1.4), ((3.0, 0.5),),
             min_value=0.0, description="Beale's function: flat plateaus and steep walls",
             formula=r"$(1.5-x+xy)^2 + (2.25-x+xy^2)^2 + (2.625-x+xy^3)^2$",
         ),

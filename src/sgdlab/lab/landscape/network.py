@@ -414,12 +414,13 @@ def run_network_cli(args: Any, out: Path, default_optimizers: list[str]) -> int:
 
     table = Table(title=f"{task.name}: loss landscape around each solution (seed {args.seed})")
     for column in ("optimizer", "status", "train loss", f"test {task.metric}",
-                   "|θ − θ₀|", "sharpness λ_max(H)"):
+                   "|θ − θ₀|", "λ_max(H)", "HVPs"):
         table.add_column(column, justify="left" if column in ("optimizer", "status") else "right")
     for s in result.solutions:
         table.add_row(s.label, s.status, f"{s.train_loss:.4g}", f"{s.test_metric:.4f}",
                       f"{s.distance_from_init:.3g}",
-                      "-" if math.isnan(s.sharpness) else f"{s.sharpness:.4g} ({s.hessian_products} HVPs)")
+                      "-" if math.isnan(s.sharpness) else f"{s.sharpness:.4g}", str(s.hessian_products))
+    table.caption = "λ_max(H): sharpness, the top Hessian eigenvalue of the train loss (power iteration)"
     console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")

@@ -41,12 +41,38 @@ def _use_log(function: Function2D, Z: np.ndarray) -> bool:
     return 0 < i < Z.shape[0] - 1 and 0 < j < Z.shape[1] - 1
 
 
-def _floor(function: Function2D, Z: np.ndarray, trajectories: Sequence[Trajectory]) -> float:
-    """The value that counts as "zero" on the log scale: f* when known, else the lowest seen."""
+def _floor(function: Function2D, grid, trajectories: Sequence[Trajectory]) -> float:
+    """The value that counts as "zero" on the log scale: f* when known, else the lowest value
+    found -- on the grid, on the paths, or by polishing the best of those with L-BFGS (without
+    that, whichever path happened to pass lowest would plunge to the bottom of the log axis)."""
     if function.min_value is not None:
         return function.min_value
-    lows = [np.nanmin(Z)] + [np.nanmin(t.losses) for t in trajectories if len(t.losses)]
-    return float(min(lows))
+    import torch
+
+    X, Y, Z = grid
+    candidates = [(float(np.nanmin(Z)), np.unravel_index(np.nanargmin(Z), Z.shape))]
+    best_value, best_index = candidates[0]
+    best_point = (float(X[best_index]), float(Y[best_index]))
+    for t in trajectories:
+        if len(t.losses) and np.nanmin(t.losses) < best_value:
+            i = int(np.nanargmin(t.losses))
+            best_value, best_point = float(t.losses[i]), tuple(map(float, t.path[i]))
+    point = torch.tensor(best_point, dtype=torch.float64, requires_grad=True)
+    polish = torch.optim.LBFGS([point], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        polish.zero_grad()
+        value = function.value(point)
+        value.backward()
+        return value
+
+    try:
+        polish.step(closure)
+        with torch.no_grad():
+            polished = float(function.value(point))
+    except Exception:  # noqa: BLE001 - polishing is a nicety; the observed minimum is fine
+        polished = best_value
+    return min(best_value, polished) if np.isfinite(polished) else best_value
 
 
 def _log_gap(values: np.ndarray, floor: float, eps: float) -> np.ndarray:
@@ -61,7 +87,7 @@ def _draw_map(ax, function: Function2D, grid, trajectories: Sequence[Trajectory]
     finite = np.isfinite(Z)
     Zf = np.where(finite, Z, np.nanmax(np.where(finite, Z, -np.inf)))
     if _use_log(function, Zf):
-        floor = _floor(function, Zf, trajectories)
+        floor = _floor(function, (X, Y, Zf), trajectories)
         hi = float(np.max(Zf - floor))
         eps = max(hi * 1e-9, 1e-12)
         gap = _log_gap(Zf, floor, eps)
@@ -117,21 +143,32 @@ def _draw_map(ax, function: Function2D, grid, trajectories: Sequence[Trajectory]
 
 
 def _legend_label(t: Trajectory) -> str:
-    end = {"diverged": "  [diverged]", "escaped": "  [ran off to −∞]"}.get(t.status, "")
+    if t.status == "escaped":
+        # The point left a box 1000x the window: down an unbounded valley, or blowing up.
+        end = "  [ran off to −∞]" if t.losses[-1] < t.losses[0] else "  [diverged]"
+    else:
+        end = "  [diverged]" if t.status == "diverged" else ""
     return f"{t.label}{end}"
 
 
-def _draw_losses(ax, function: Function2D, trajectories: Sequence[Trajectory], grid_Z):
+def _draw_losses(ax, function: Function2D, trajectories: Sequence[Trajectory], grid):
+    grid_Z = grid[2]
     lines = []
     if _use_log(function, grid_Z):
-        floor = _floor(function, grid_Z, trajectories)
+        floor = _floor(function, grid, trajectories)
         eps = 1e-16 * max(1.0, abs(floor))
         transform = lambda v: _log_gap(v, floor, eps)  # noqa: E731
         ax.set_yscale("log")
         ax.set_ylabel("f − f*" if function.min_value is not None else "f − min f")
     else:
+        # Unbounded below (saddles): a linear axis over the map's range; paths that run off
+        # to -inf leave the panel at the bottom, as they leave the map.
         transform = lambda v: np.asarray(v, dtype=float)  # noqa: E731
-        ax.set_yscale("symlog", linthresh=1e-2)
+        finite = grid_Z[np.isfinite(grid_Z)]
+        lo, hi = float(finite.min()), float(finite.max())
+        highest = max([hi] + [float(np.max(t.losses)) for t in trajectories if len(t.losses)])
+        margin = 0.05 * (highest - lo or 1.0)
+        ax.set_ylim(lo - margin, highest + margin)
         ax.set_ylabel("f(x, y)")
     for i, t in enumerate(trajectories):
         color = PALETTE[i % len(PALETTE)]
@@ -141,6 +178,11 @@ def _draw_losses(ax, function: Function2D, trajectories: Sequence[Trajectory], g
         (line,) = ax.plot(np.arange(len(t.losses)), transform(t.losses), color=color,
                           lw=1.6 if not t.stochastic else 1.0, label=t.label)
         lines.append(line)
+    if function.log_scale is not False and ax.get_yscale() == "log":
+        # Exact runs can reach f* to float64 precision (1e-16); don't let that squash the rest.
+        top = max((float(np.max(transform(t.losses))) for t in trajectories if len(t.losses)), default=1.0)
+        bottom, _ = ax.get_ylim()
+        ax.set_ylim(max(bottom, top * 1e-12), None)
     ax.set_xlabel("step")
     ax.grid(True, which="major", alpha=0.3)
     steps = max((t.steps for t in trajectories), default=1)
@@ -153,10 +195,15 @@ def _title(function: Function2D, trajectories: Sequence[Trajectory]) -> str:
     if function.formula and function.formula != function.name:
         title += f":  {function.formula}"
     extra = []
-    if any(t.noise > 0 for t in trajectories):
-        extra.append(f"gradient noise σ = {trajectories[0].noise:g}")
-    if any(t.batch_size for t in trajectories):
-        extra.append(f"mini-batch {trajectories[0].batch_size} of {function.n_samples}")
+    noisy = [t for t in trajectories if t.noise > 0]
+    batched = [t for t in trajectories if t.batch_size]
+    if noisy:
+        extra.append(f"gradient noise σ = {noisy[0].noise:g}")
+    if batched:
+        extra.append(f"mini-batches of {batched[0].batch_size} out of {function.n_samples} points")
+    exact = [t.label for t in trajectories if not t.stochastic]
+    if extra and exact:
+        extra.append(f"exact gradients: {', '.join(exact)}")
     if extra:
         title += "\n" + ", ".join(extra) + "  (dashed: exact gradients)"
     return title
@@ -169,7 +216,7 @@ def _figure(function: Function2D, grid, trajectories: Sequence[Trajectory]):
     )
     fig.get_layout_engine().set(wspace=0.06)
     lines, heads = _draw_map(ax_map, function, grid, trajectories, fig)
-    loss_lines, transform = _draw_losses(ax_loss, function, trajectories, grid[2])
+    loss_lines, transform = _draw_losses(ax_loss, function, trajectories, grid)
     ax_map.legend(loc="best", fontsize=9, framealpha=0.85)
     ax_loss.set_title("loss per step")
     fig.suptitle(_title(function, trajectories), fontsize=13)
@@ -270,8 +317,9 @@ def _write_movie(images: list[np.ndarray], path: Path, fps: int) -> None:
     if path.suffix.lower() == ".gif":
         from PIL import Image
 
-        # One shared palette (from the last, fullest frame) keeps colours steady between frames.
-        last = Image.fromarray(images[-1]).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+        # One shared palette (from the last, fullest frame) keeps colours steady between frames;
+        # octree quantization keeps small saturated areas (markers, paths) in the palette.
+        last = Image.fromarray(images[-1]).quantize(colors=255, method=Image.Quantize.FASTOCTREE)
         frames = [Image.fromarray(a).quantize(palette=last, dither=Image.Dither.NONE) for a in images]
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps),
                        loop=0, optimize=False)

@@ -144,29 +144,44 @@ def run_trajectory(
     box = 1000.0 * max(function.xlim[1] - function.xlim[0], function.ylim[1] - function.ylim[0])
 
     path = [point.detach().clone()]
-    with torch.no_grad():
-        losses = [function.value(point).detach().clone()]
+    losses: list[torch.Tensor] = []  # losses[i] is f(path[i]), filled in as the steps go
     status = "ok"
     for _ in range(steps):
         opt.zero_grad()
         indices = None
         if batch_size is not None:
             indices = torch.randperm(n, generator=generator)[:batch_size]
-        function.batch_value(point, indices).backward()
+        loss = function.batch_value(point, indices)
+        if indices is None:
+            exact = loss.detach().clone()  # the full loss at path[-1], no second evaluation
+        else:
+            with torch.no_grad():
+                exact = function.value(point).detach().clone()
+        if not torch.isfinite(exact):
+            break  # path[-1] is dropped below
+        losses.append(exact)
+        loss.backward()
         if noise > 0:
             point.grad.add_(torch.randn(2, generator=generator, dtype=dtype), alpha=float(noise))
         opt.step()
         current = point.detach().clone()
-        with torch.no_grad():
-            value = function.value(point).detach().clone()
-        if not (torch.isfinite(current).all() and torch.isfinite(value)):
+        if not torch.isfinite(current).all():
             status = "diverged"
             break
         path.append(current)
-        losses.append(value)
         if current.abs().max() > box:
             status = "escaped"
             break
+    if len(losses) < len(path):
+        with torch.no_grad():
+            last = function.value(path[-1]).detach().clone()
+        if torch.isfinite(last):
+            losses.append(last)
+        else:
+            path.pop()
+            status = "diverged"
+    if not path:  # the start itself is not a finite point of the function
+        raise ValueError(f"{function.name} is not finite at the start point {tuple(start)}")
 
     trajectory = Trajectory(
         label=label,
