@@ -284,7 +284,7 @@ def grouped(
     def call(t: list[Tensor], offset: int) -> None:
         c = tensor_scalars
         if compact:
-            seed = (layout_seed * 0x9E3779B1 + offset) & 0x3FFFFFFF
+            seed = (layout_seed * 0x632BE5AB + offset) & 0x3FFFFFFF
             c = [torch.tensor(seed, dtype=torch.int32, device=device), *tensor_scalars[1:]]
         nonlocal function
         try:

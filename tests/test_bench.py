@@ -1,0 +1,101 @@
+"""``sgdlab bench``: model shapes, measurements that add up, JSON, the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+from sgdlab import bench
+from sgdlab.bench import shapes
+from sgdlab.cli import main
+
+
+def test_resnet50_shapes_have_torchvision_counts():
+    resnet = shapes.resnet50_shapes()
+    assert len(resnet) == 161
+    assert shapes.numel(resnet) == 25_557_032
+
+
+def test_gpt2_small_shapes_have_gpt2_counts():
+    gpt2 = shapes.gpt2_small_shapes()
+    assert len(gpt2) == 148
+    assert shapes.numel(gpt2) == 124_439_808
+
+
+@pytest.fixture(scope="module")
+def quick_result():
+    return bench.run(["8x16k"], ["adam", "sgd-momentum"], ["sgdlab", "torch fused"],
+                     device="cpu", quick=True, rounds=2)
+
+
+def test_quick_run_measures_every_contender(quick_result):
+    assert {(r.optimizer, r.contender) for r in quick_result.rows} == {
+        ("adam", "sgdlab"), ("adam", "torch fused"),
+        ("sgd-momentum", "sgdlab"), ("sgd-momentum", "torch fused"),
+    }
+    for row in quick_result.rows:
+        assert row.ms_per_step > 0 and math.isfinite(row.gb_per_s)
+        assert len(row.samples_ms) == 2
+        assert row.ms_per_step == pytest.approx(sorted(row.samples_ms)[0] / 2
+                                                + sorted(row.samples_ms)[1] / 2)
+
+
+def test_derived_columns_follow_from_the_measurements(quick_result):
+    info = quick_result.cases[0]
+    assert info.parameters == 8 * 16384 and info.copy_gb_per_s > 0
+    rows = quick_result.rows_for("8x16k", "adam")
+    fused, ours = rows["torch fused"], rows["sgdlab"]
+    assert fused.ratio_to_torch_fused == 1.0
+    assert ours.ratio_to_torch_fused == pytest.approx(ours.ms_per_step / fused.ms_per_step)
+    # Adam moves 7 float32 words per parameter; state is 2 words (+ a step counter per tensor).
+    assert ours.gb_per_s == pytest.approx(7 * 4 * info.parameters / ours.ms_per_step / 1e6)
+    assert ours.state_bytes_per_param == pytest.approx(8 + 8 * 4 / info.parameters)
+    expected_pct = 100 * (7 * 4 * info.parameters / (info.copy_gb_per_s * 1e9)) / (
+        ours.ms_per_step / 1e3)
+    assert ours.roofline_pct == pytest.approx(expected_pct)
+
+
+def test_result_serializes_to_json(quick_result):
+    data = json.loads(quick_result.to_json())
+    assert data["machine"]["torch"] and data["settings"]["quick"] is True
+    assert len(data["rows"]) == 4
+
+
+def test_markdown_table_has_a_row_per_measurement(quick_result):
+    lines = bench.markdown(quick_result).splitlines()
+    assert len(lines) == 2 + 4
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="Invalid case"):
+        bench.run(["resnet51"], quick=True)
+    with pytest.raises(ValueError, match="Invalid optimizer"):
+        bench.run(["8x16k"], ["lion"], quick=True)
+    with pytest.raises(ValueError, match="module:factory"):
+        shapes.factory_shapes("nomodule")
+
+
+def test_command_line_bench_writes_json(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tiny_model.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.Linear(20, 3))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--case", "tiny_model:build", "--optimizer", "adamw",
+                 "--contender", "sgdlab", "--contender", "torch fused", "--rounds", "1",
+                 "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["cases"][0]["tensors"] == 4 and data["cases"][0]["parameters"] == 283
+    assert "tiny_model:build" in capsys.readouterr().out
+    sys.modules.pop("tiny_model", None)
+
+
+def test_command_line_reports_bad_input_without_a_traceback(capsys):
+    assert main(["bench", "--quick", "--optimizer", "lion"]) == 2
+    assert "Invalid optimizer" in capsys.readouterr().out

@@ -1,0 +1,195 @@
+"""Execution strategies run the one rule; the grouped (flat) path gives the reference's numbers.
+
+The reference is the per-tensor path (``foreach=False``): one eager rule call per tensor. The
+grouped path runs the same rule, traced once per step, on concatenated small tensors and on big
+tensors in place: eagerly it is bit-identical; compiled by Inductor the optimizer state is
+bit-identical and parameters differ only where eager PyTorch's float32 sqrt is not correctly
+rounded (AVX2 CPUs; Inductor's is), by an ulp of the update.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import sgdlab
+from sgdlab.algorithms import adam, sgd
+from sgdlab.optim import RuleOptimizer, execution, program
+
+# A 0-d tensor, small tensors of several ranks and one tensor above BIG_TENSOR_NUMEL (updated in
+# place rather than concatenated).
+SHAPES = [(), (7,), (5, 3), (2, 3, 2, 2), (execution.BIG_TENSOR_NUMEL + 3,)]
+
+
+def run(cls, options, steps=6, shapes=SHAPES, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+    optimizer = cls(params, **options)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
+        optimizer.step()
+    return params, optimizer
+
+
+def sgd_options():
+    for momentum, dampening, nesterov, weight_decay, maximize, decoupled in itertools.product(
+        [0.0, 0.9], [0.0, 0.3], [False, True], [0.0, 0.1], [False, True], [False, True]
+    ):
+        if nesterov and (momentum == 0 or dampening != 0):
+            continue
+        yield dict(lr=0.05, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                   weight_decay=weight_decay, maximize=maximize, decoupled_weight_decay=decoupled)
+
+
+def adam_options():
+    for cls, amsgrad, weight_decay, maximize in itertools.product(
+        [sgdlab.Adam, sgdlab.AdamW], [False, True], [0.0, 0.1], [False, True]
+    ):
+        yield cls, dict(lr=0.01, amsgrad=amsgrad, weight_decay=weight_decay, maximize=maximize)
+
+
+def assert_identical(ours, reference):
+    for a, b in zip(ours, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", list(sgd_options()), ids=str)
+def test_grouped_sgd_is_bit_identical_to_per_tensor(options):
+    grouped, _ = run(sgdlab.SGD, options)
+    reference, _ = run(sgdlab.SGD, {**options, "foreach": False})
+    assert_identical(grouped, reference)
+
+
+@pytest.mark.parametrize("cls, options", list(adam_options()), ids=str)
+def test_grouped_adam_is_bit_identical_to_per_tensor(cls, options):
+    grouped, opt = run(cls, options)
+    reference, ref_opt = run(cls, {**options, "foreach": False})
+    assert_identical(grouped, reference)
+    for p, q in zip(grouped, reference):
+        for key, value in ref_opt.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
+def test_grouped_path_is_taken_by_default(monkeypatch):
+    taken = []
+    original = execution.grouped
+    monkeypatch.setattr(execution, "grouped", lambda *a, **k: taken.append(original(*a, **k)))
+    run(sgdlab.AdamW, dict(lr=0.01), steps=2)
+    assert taken == [True, True]
+
+
+def test_many_small_tensors_cost_one_program_call(monkeypatch):
+    calls = []
+    original = program.eager
+
+    def counting(prog):
+        function = original(prog)
+        return lambda *args: (calls.append(len(args[0][0])), function(*args))
+
+    monkeypatch.setattr(program, "eager", counting)
+    shapes = [(3, 4)] * 50 + [(execution.BIG_TENSOR_NUMEL,)] * 2
+    run(sgdlab.SGD, dict(lr=0.1, momentum=0.9), steps=1, shapes=shapes)
+    # One call for the 50 concatenated small tensors, one per big tensor.
+    assert sorted(calls) == [600, execution.BIG_TENSOR_NUMEL, execution.BIG_TENSOR_NUMEL]
+
+
+def test_state_keeps_torch_layout_and_lives_in_one_buffer():
+    params, optimizer = run(sgdlab.Adam, dict(lr=0.01), steps=2)
+    states = [optimizer.state[p] for p in params]
+    for p, state in zip(params, states):
+        assert state["exp_avg"].shape == p.shape and state["step"].shape == ()
+    bases = {s["exp_avg"].untyped_storage().data_ptr() for s in states}
+    assert len(bases) == 1
+
+
+def test_learning_rate_changes_do_not_change_the_program():
+    hyper = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    first = program.trace(adam, ["exp_avg", "exp_avg_sq"], {"step": 3}, hyper)
+    later = program.trace(adam, ["exp_avg", "exp_avg_sq"], {"step": 9}, {**hyper, "lr": 0.01})
+    assert first.source == later.source
+    assert first.scalars != later.scalars  # the numbers travel as inputs
+
+
+def test_a_branch_of_the_rule_is_a_different_program():
+    hyper = dict(lr=0.1, momentum=0.9)
+    plain = program.trace(sgd, ["momentum_buffer"], {}, hyper)
+    decayed = program.trace(sgd, ["momentum_buffer"], {}, {**hyper, "weight_decay": 0.1})
+    assert plain.source != decayed.source
+
+
+def _normalized_rule(param, grad, state, *, lr, ops):
+    # A reduction over the tensor: running it on a concatenation would change its meaning.
+    return param - lr * grad / ops.sqrt((grad * grad).sum()), {}
+
+
+class NormalizedSGD(RuleOptimizer):
+    rule = staticmethod(_normalized_rule)
+    validate = staticmethod(lambda **_: None)
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, {"lr": lr})
+
+    def rule_hyperparameters(self, group):
+        return {"lr": group["lr"]}
+
+    def init_state(self, param, group):
+        return {}
+
+
+def test_a_rule_that_reduces_falls_back_to_per_tensor():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    params[0].grad = torch.tensor([3.0, 4.0, 0.0])
+    params[1].grad = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    NormalizedSGD(params, lr=1.0).step()
+    torch.testing.assert_close(params[0], torch.tensor([-0.6, -0.8, 0.0]))
+    torch.testing.assert_close(params[1], torch.tensor([-1.0, 0.0, 0.0, 0.0]))
+
+
+def test_checkpoint_from_torch_adamw_continues_identically():
+    theirs, torch_opt = run(torch.optim.AdamW, dict(lr=0.01, foreach=False), steps=3)
+    ours_params = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    ours = sgdlab.AdamW(ours_params, lr=0.01)
+    # torch's load_state_dict keeps tensors that need no cast (step): load copies, not aliases.
+    ours.load_state_dict(copy.deepcopy(torch_opt.state_dict()))
+    reference = sgdlab.AdamW([torch.nn.Parameter(p.detach().clone()) for p in theirs], lr=0.01,
+                             foreach=False)
+    reference.load_state_dict(copy.deepcopy(torch_opt.state_dict()))
+    g = torch.Generator().manual_seed(5)
+    ref_params = reference.param_groups[0]["params"]
+    for _ in range(3):
+        for p, q in zip(ours_params, ref_params):
+            q.grad = torch.randn(p.shape, generator=g)
+            p.grad = q.grad.clone()
+        ours.step()
+        reference.step()
+    assert_identical(ours_params, ref_params)
+
+
+# --- compiled (Inductor) path: one compile per program text per test session -------------------
+@pytest.fixture
+def compile_everything(monkeypatch):
+    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
+
+
+def test_compiled_sgd_is_bit_identical(compile_everything):
+    options = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)
+    compiled, _ = run(sgdlab.SGD, options, shapes=[(7,), (300, 3)])
+    reference, _ = run(sgdlab.SGD, {**options, "foreach": False}, shapes=[(7,), (300, 3)])
+    assert_identical(compiled, reference)
+
+
+def test_compiled_adamw_state_is_bit_identical_and_params_within_sqrt_rounding(
+    compile_everything,
+):
+    compiled, opt = run(sgdlab.AdamW, dict(lr=0.01), shapes=[(7,), (300, 3)])
+    reference, ref_opt = run(sgdlab.AdamW, dict(lr=0.01, foreach=False), shapes=[(7,), (300, 3)])
+    for p, q in zip(compiled, reference):
+        assert torch.equal(opt.state[p]["exp_avg"], ref_opt.state[q]["exp_avg"])
+        assert torch.equal(opt.state[p]["exp_avg_sq"], ref_opt.state[q]["exp_avg_sq"])
+        # An update that differs by an ulp can flip the rounding of the new parameter: at most
+        # one parameter ulp per step (6 steps).
+        torch.testing.assert_close(p, q, rtol=6 * 2**-23, atol=1e-12)
