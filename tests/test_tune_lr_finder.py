@@ -118,6 +118,7 @@ def test_sweep_is_exponential_from_start_to_end_lr():
     result = lr_range_test(model, optimizer, torch.nn.MSELoss(), [_regression()],
                            start_lr=1e-6, end_lr=1e-3, num_steps=31)  # too small to diverge
     assert not result.diverged and len(result.lrs) == 31
+    assert not result.found_minimum  # the loss was still falling: the suggestion is only a lower bound
     assert result.lrs[0] == pytest.approx(1e-6) and result.lrs[-1] == pytest.approx(1e-3)
     ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:])]
     assert ratios == pytest.approx([10 ** 0.1] * 30)
@@ -139,7 +140,7 @@ def test_divergence_stops_the_sweep_and_is_reported():
     optimizer = sgdlab.SGD(model.parameters(), lr=0.1)
     result = lr_range_test(model, optimizer, torch.nn.MSELoss(), [(x, y)],
                            start_lr=1e-4, end_lr=1e3, num_steps=120)
-    assert result.diverged
+    assert result.diverged and result.found_minimum
     assert len(result.lrs) < 120
     assert "exceeded" in result.stop_reason or "loss became" in result.stop_reason
 

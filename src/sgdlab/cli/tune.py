@@ -229,6 +229,9 @@ def run_lr(args: argparse.Namespace) -> int:
     if result.min_loss_lr is not None:
         console.print(f"lowest smoothed loss at lr {result.min_loss_lr:.3g}; steepest descent at "
                       + (f"lr {result.steepest_lr:.3g}" if result.steepest_lr else "- (no clear descent)"))
+    if result.suggested_lr is not None and not result.found_minimum:
+        console.print(f"[yellow]the loss was still falling at --end-lr {args.end_lr:g}[/yellow]: the suggestion is "
+                      "a lower bound; rerun with a larger --end-lr to find where it turns up")
     if result.suggested_lr is None:
         console.print("[yellow]no suggestion[/yellow]: the loss did not decrease over the sweep; "
                       "widen --start-lr/--end-lr or add --steps")

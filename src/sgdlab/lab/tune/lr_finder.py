@@ -69,6 +69,18 @@ class LRRangeResult:
     def min_over_10_lr(self) -> float | None:
         return None if self.min_loss_lr is None else self.min_loss_lr / 10.0
 
+    @property
+    def found_minimum(self) -> bool:
+        """Whether the loss turned up before the sweep ended. If not, the "minimum" is just the last
+        learning rate tried and the suggestion only a lower bound: sweep to a larger ``end_lr``."""
+        if self.diverged:
+            return True
+        finite = [i for i, v in enumerate(self.smoothed) if math.isfinite(v)]
+        if not finite:
+            return False
+        i_min = min(finite, key=lambda i: self.smoothed[i])
+        return i_min < len(self.smoothed) - max(2, len(self.smoothed) // 20)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "lrs": self.lrs,
@@ -81,6 +93,7 @@ class LRRangeResult:
             "min_loss_lr": self.min_loss_lr,
             "min_over_10_lr": self.min_over_10_lr,
             "diverged": self.diverged,
+            "found_minimum": self.found_minimum,
             "stop_reason": self.stop_reason,
             **self.extra,
         }
@@ -129,6 +142,9 @@ class LRRangeResult:
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("training loss")
         ax.set_title(title or "Learning-rate range test")
+        if not self.found_minimum:
+            ax.text(0.98, 0.97, "loss still falling at the end of the sweep:\nthe suggestion is a lower bound",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="#c0392b")
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.1)
         ax.legend(loc="lower left", fontsize=8, frameon=False)
