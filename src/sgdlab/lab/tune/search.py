@@ -123,12 +123,19 @@ def _rdb_storage(url: str) -> Any:
     import warnings
 
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
-    with warnings.catch_warnings():  # both are marked experimental in Optuna 4.x-5.x
+    with warnings.catch_warnings():  # heartbeats are marked experimental in Optuna 4.x-5.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=30, grace_period=120,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        try:  # Optuna >= 4.9
+            from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+            retry = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
+        except ImportError:
+            from optuna.storages import RetryFailedTrialCallback
+
+            retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=2)}
+        return RDBStorage(url, heartbeat_interval=30, grace_period=120, **retry)
 
 
 # --- what one search is -------------------------------------------------------------------------
