@@ -4,7 +4,17 @@ A trial samples a configuration from the :class:`~sgdlab.lab.tune.space.SearchSp
 with :func:`sgdlab.lab.runner.train_run` on the task's training set minus a held-out validation
 split, reports the validation metric after every epoch (the pruner stops trials that are clearly
 worse than the others at the same epoch) and returns the final validation metric. The test set is
-never seen during the search; it is only used by the report's confirmation runs.
+never seen during the search; it is only used by the report's confirmation runs. Every trial
+starts from the same seed (common random numbers), so trials differ by their hyperparameters, not by
+their initialization; the confirmation runs use other seeds, which measures how much of the best
+trial's score was luck.
+
+From Python::
+
+    setup = SearchSetup(task=get_task("digits"), spec=parse_spec("sgd"), space_text="lr=1e-3:1",
+                        study_name="digits-sgd", out="runs/tune-digits", n_trials=40)
+    result = search(setup, workers=2)
+    spec, batch_size, trial = result.best()
 
 Sampling is TPE (Bergstra et al., 2011; ``constant_liar`` so parallel workers do not propose the
 same point), pruning is the median rule (or Hyperband, or none). A trial that diverges returns the
