@@ -23,5 +23,16 @@ except ImportError as error:  # pragma: no cover - depends on the installation
     ) from error
 
 from sgdlab.keras.optimizers import SGD, Adam, AdamW, RuleOptimizer
+from sgdlab.keras.schedule_free import ScheduleFreeAdamW, ScheduleFreeCallback, ScheduleFreeSGD
+from sgdlab.keras.swats import SWATS
 
-__all__ = ["SGD", "Adam", "AdamW", "RuleOptimizer"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RuleOptimizer",
+    "SWATS",
+    "ScheduleFreeSGD",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeCallback",
+]

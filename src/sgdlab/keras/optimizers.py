@@ -31,6 +31,20 @@ from sgdlab.keras._gradients import gradients
 
 State = dict[str, Any]
 
+# What the rules call as ops.sqrt / ops.maximum. keras.ops everywhere except on the torch backend,
+# whose tensors are torch tensors: there keras.ops.maximum promotes two float64 inputs to float32
+# (Keras 3.15), which would round AMSGrad's running maximum, so torch's own functions are used.
+if keras.config.backend() == "torch":
+    import torch as _OPS
+else:
+    _OPS = ops
+
+
+def _value(variable: Any) -> Any:
+    # The backend tensor behind a Keras variable. Arithmetic on a Keras variable itself converts
+    # Python numbers at floatx (float32) first, which would round 0.9 for a float64 variable.
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
 
 def _check_learning_rate(learning_rate: Any) -> None:
     # A schedule or a callable is checked by Keras when it is called; a number is checked here.
@@ -92,15 +106,15 @@ class RuleOptimizer(keras.optimizers.Optimizer):
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
         index = self._get_variable_index(variable)
-        state = {key: slots[index] for key, slots in self._slots.items()}
+        state = {key: _value(slots[index]) for key, slots in self._slots.items()}
         state.update(self.counters(dtype))
         new_variable, new_state = type(self).rule(
-            variable,
+            _value(variable),
             ops.cast(gradient, dtype),
             state,
             lr=ops.cast(learning_rate, dtype),
             weight_decay=self._l2_coefficient(variable),
-            ops=ops,
+            ops=_OPS,
             **self.rule_hyperparameters(),
         )
         self.assign(variable, new_variable)

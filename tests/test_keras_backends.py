@@ -1,0 +1,72 @@
+"""sgdlab.keras on every installed Keras backend, and keras staying optional.
+
+Keras picks its backend once, when it is first imported, so tests/test_keras.py runs in-process
+on the torch backend and here, in one subprocess per other backend (on the corners of its grids;
+SGDLAB_KERAS_FULL=1 runs the full grids there too).
+"""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _clean_env(**extra):
+    # The outer pytest's own variables (xdist worker ids, PYTEST_ADDOPTS) must not leak inward.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(extra)
+    return env
+
+
+def _run_keras_tests_on(backend):
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/test_keras.py", "-q", "-p", "no:cacheprovider",
+         "-W", "ignore::DeprecationWarning"],
+        cwd=ROOT,
+        env=_clean_env(KERAS_BACKEND=backend),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    tail = (result.stdout + result.stderr)[-4000:]
+    assert result.returncode == 0, f"tests/test_keras.py failed on {backend}:\n{tail}"
+    assert " passed" in result.stdout, tail
+    return result.stdout
+
+
+@pytest.mark.keras
+@pytest.mark.tensorflow
+@pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None,
+    reason="needs keras and tensorflow (pip install 'sgdlab[keras]' tensorflow-cpu)",
+)
+def test_keras_optimizers_on_the_tensorflow_backend():
+    _run_keras_tests_on("tensorflow")
+
+
+@pytest.mark.keras
+@pytest.mark.jax
+@pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None,
+    reason="needs keras and jax (pip install 'sgdlab[keras]' jax)",
+)
+def test_keras_optimizers_on_the_jax_backend():
+    _run_keras_tests_on("jax")
+
+
+def test_importing_sgdlab_imports_neither_keras_nor_tensorflow():
+    code = (
+        "import sys, sgdlab, sgdlab.optim, sgdlab.algorithms\n"
+        "loaded = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
