@@ -194,6 +194,10 @@ def test_cli_writes_png_gif_and_npz(tmp_path):
         assert png.size[0] > 800
     with Image.open(tmp_path / "quadratic.gif") as gif:
         assert gif.n_frames >= 6
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(gif.n_frames - 1)
+        last = np.asarray(gif.convert("RGB"))
+    assert (first != last).any(axis=-1).sum() > 500  # the paths grow between frames
     saved = np.load(tmp_path / "quadratic.npz")
     assert saved["path_0"].shape == (21, 2)
     np.testing.assert_allclose(saved["path_0"][0], [-1.5, 1.0])
@@ -211,3 +215,14 @@ def test_cli_bad_names_exit_2_with_the_choices(argv, message, capsys, tmp_path):
     code = main(["landscape", *argv, "--steps", "3", "--no-animation", "--out", str(tmp_path)])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_mp4_without_ffmpeg_is_refused_with_a_clear_message(tmp_path, monkeypatch):
+    from sgdlab.lab.landscape import plots
+
+    monkeypatch.setattr(plots.shutil, "which", lambda name: None)
+    result = explore("quadratic", ["sgd:lr=0.1"], steps=5)
+    with pytest.raises(ValueError, match="ffmpeg"):
+        result.animate(tmp_path / "paths.mp4")
+    with pytest.raises(ValueError, match=".gif or .mp4"):
+        result.animate(tmp_path / "paths.avi")

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
             try:
                 return _run_network(args, Path(args.out))
-            except UnknownTaskError as error:
+            except (UnknownTaskError, ValueError) as error:  # bad task name or settings
                 return _fail(str(error))
         return _run_2d(args, Path(args.out))
     except SpecError as error:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -62,6 +63,15 @@ def hessian_top_eigenvalue(
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
+    # Fused attention kernels (flash / memory-efficient) have no double backward; the plain
+    # "math" implementation of scaled_dot_product_attention does.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        return _power_iteration(loss_fn, theta, iters, tol, seed, progress)
+
+
+def _power_iteration(loss_fn, theta, iters, tol, seed, progress) -> tuple[float, int]:
     theta = theta.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_fn(theta), theta, create_graph=True)
     generator = torch.Generator().manual_seed(seed)
@@ -139,7 +149,11 @@ class FlatLoss:
         """
         if self._vmap_ok:
             try:
-                return torch.func.vmap(self)(thetas).numpy().astype(float)
+                with warnings.catch_warnings():
+                    # Layers without a batching rule (e.g. the fused transformer encoder) are run
+                    # by vmap's per-example fallback, correct but slower; the warning is noise here.
+                    warnings.filterwarnings("ignore", message=".*batching rule.*")
+                    return torch.func.vmap(self)(thetas).numpy().astype(float)
             except Exception:  # noqa: BLE001 - any tracing failure: evaluate point by point
                 self._vmap_ok = False
         return np.array([self.value(theta) for theta in thetas])
@@ -319,17 +333,20 @@ def network_landscape(
             bar.advance(job, resolution)
         slices[label] = grid
 
+    notes = []
     for solution in solutions:
         if solution.label not in thetas:
             continue
         job = bar.add(f"sharpness of {solution.label}", hessian_iters)
-        solution.sharpness, solution.hessian_products = hessian_top_eigenvalue(
-            flat, thetas[solution.label], iters=hessian_iters, seed=seed,
-            progress=lambda i, job=job: bar.set(job, i),
-        )
+        try:
+            solution.sharpness, solution.hessian_products = hessian_top_eigenvalue(
+                flat, thetas[solution.label], iters=hessian_iters, seed=seed,
+                progress=lambda i, job=job: bar.set(job, i),
+            )
+        except RuntimeError as error:  # a layer without double backward: no sharpness, say why
+            notes.append(f"no sharpness for {solution.label}: {str(error).splitlines()[0]}")
         bar.set(job, hessian_iters)
 
-    notes = []
     if len(x) < task.n_train:
         notes.append(f"losses and Hessians on the first {len(x)} of {task.n_train} training examples")
     return NetworkLandscape(
