@@ -104,3 +104,13 @@ def test_network_figure_and_arrays_are_written(tiny_landscape, tmp_path):
 def test_cli_unknown_task_exits_2_listing_the_tasks(capsys, tmp_path):
     assert main(["landscape", "--task", "nosuch", "--out", str(tmp_path)]) == 2
     assert "digits" in capsys.readouterr().err
+
+
+def test_a_diverging_optimizer_is_reported_and_the_others_still_get_their_landscape(tiny_task, tmp_path):
+    result = network_landscape(tiny_task, ["sgd:lr=1e6,label=blowup", "adam:lr=0.01"], resolution=3,
+                               line_points=4, hessian_iters=3)
+    blowup, adam = result.solutions
+    assert blowup.status == "diverged" and np.isnan(blowup.sharpness)
+    assert "blowup" not in result.slices and "blowup" not in result.init_lines
+    assert adam.status == "finished" and result.slices["adam:lr=0.01"].shape == (3, 3)
+    result.plot(tmp_path / "partial.png")
