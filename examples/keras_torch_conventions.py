@@ -60,7 +60,9 @@ def main():
             ),
             "torch.optim.SGD": torch_run(torch.optim.SGD, lr_at, momentum=0.9, **options),
             "sgdlab.keras.SGD(convention='torch')": keras_run(
-                sgdlab.keras.SGD(learning_rate=keras_lr, momentum=0.9, convention="torch", **options)
+                sgdlab.keras.SGD(
+                    learning_rate=keras_lr, momentum=0.9, convention="torch", **options
+                )
             ),
         }
         print(f"\n{title}: w after each step")

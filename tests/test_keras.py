@@ -422,7 +422,8 @@ def _minimize_twice(optimizer, variable):
     values = [float(keras.ops.convert_to_numpy(variable))]
     counts = []
     for _ in range(2):
-        counts.append(int(np.asarray(keras.ops.convert_to_numpy(optimizer.minimize(loss, [variable])))))
+        count = optimizer.minimize(loss, [variable])
+        counts.append(int(keras.ops.convert_to_numpy(count)))
         values.append(float(keras.ops.convert_to_numpy(variable)))
     return counts, values
 
@@ -432,7 +433,8 @@ def test_minimize_takes_a_first_step_of_lr_times_grad_then_grows_with_momentum()
         sgdlab_keras.SGD(learning_rate=0.1, momentum=0.9), keras.Variable(1.0)
     )
     assert counts == [1, 2]
-    np.testing.assert_allclose([values[0] - values[1], values[1] - values[2]], [0.1, 0.18], rtol=1e-6)
+    steps = [values[0] - values[1], values[1] - values[2]]
+    np.testing.assert_allclose(steps, [0.1, 0.18], rtol=1e-6)
 
 
 def test_minimize_applies_the_same_step_as_apply_gradients_in_keras():

@@ -19,6 +19,7 @@ run on torch, with ``ops=keras.ops``, then assign what it returns. They hold no 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, ClassVar
 
 import keras
@@ -34,10 +35,15 @@ State = dict[str, Any]
 # What the rules call as ops.sqrt / ops.maximum. keras.ops everywhere except on the torch backend,
 # whose tensors are torch tensors: there keras.ops.maximum promotes two float64 inputs to float32
 # (Keras 3.15), which would round AMSGrad's running maximum, so torch's own functions are used.
+# There, too, an update must not record an autograd graph (apply_gradients may run with grad
+# enabled, e.g. from minimize), as Keras's own torch optimizers ensure with no_grad.
 if keras.config.backend() == "torch":
     import torch as _OPS
+
+    _no_grad = _OPS.no_grad
 else:
     _OPS = ops
+    _no_grad = contextlib.nullcontext
 
 
 def _value(variable: Any) -> Any:
@@ -108,18 +114,19 @@ class RuleOptimizer(keras.optimizers.Optimizer):
         index = self._get_variable_index(variable)
         state = {key: _value(slots[index]) for key, slots in self._slots.items()}
         state.update(self.counters(dtype))
-        new_variable, new_state = type(self).rule(
-            _value(variable),
-            ops.cast(gradient, dtype),
-            state,
-            lr=ops.cast(learning_rate, dtype),
-            weight_decay=self._l2_coefficient(variable),
-            ops=_OPS,
-            **self.rule_hyperparameters(),
-        )
-        self.assign(variable, new_variable)
-        for key, slots in self._slots.items():
-            self.assign(slots[index], new_state[key])
+        with _no_grad():
+            new_variable, new_state = type(self).rule(
+                _value(variable),
+                ops.cast(gradient, dtype),
+                state,
+                lr=ops.cast(learning_rate, dtype),
+                weight_decay=self._l2_coefficient(variable),
+                ops=_OPS,
+                **self.rule_hyperparameters(),
+            )
+            self.assign(variable, new_variable)
+            for key, slots in self._slots.items():
+                self.assign(slots[index], new_state[key])
 
     # --- weight decay: Keras's base decouples it; torch's SGD and Adam add it to the gradient ---
     @property
@@ -188,7 +195,9 @@ class SGD(RuleOptimizer):
         **kwargs: Any,
     ) -> None:
         if not 0.0 <= as_float("momentum", momentum, "momentum value") <= 1.0:
-            raise ValueError(f"Invalid momentum value: momentum={momentum!r} (expected 0 <= momentum <= 1)")
+            raise ValueError(
+                f"Invalid momentum value: momentum={momentum!r} (expected 0 <= momentum <= 1)"
+            )
         super().__init__(
             learning_rate,
             convention=convention,
