@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from sgdlab.algorithms import scalar_ops
 from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
 
 State = dict[str, Any]
@@ -43,43 +44,52 @@ State = dict[str, Any]
 class Schedule(NamedTuple):
     """One step's learning rate and averaging weight, plus the running sums they update."""
 
-    lr: float  # gamma_t, after warmup
-    ckp1: float  # c_{t+1}, the weight of the new z in the average x
-    lr_max: float
-    weight_sum: float
+    lr: Any  # gamma_t, after warmup
+    ckp1: Any  # c_{t+1}, the weight of the new z in the average x
+    lr_max: Any
+    weight_sum: Any
 
 
 def schedule_free_schedule(
-    k: int,
+    k: Any,
     *,
-    lr: float,
+    lr: Any,
     warmup_steps: int,
     r: float,
     weight_lr_power: float,
-    lr_max: float,
-    weight_sum: float,
+    lr_max: Any,
+    weight_sum: Any,
+    ops: Any = scalar_ops,
 ) -> Schedule:
-    """The learning rate and averaging weight of step ``k + 1`` (``k`` steps already taken)."""
-    scheduled_lr = lr * ((k + 1) / warmup_steps) if k < warmup_steps else lr
-    lr_max = max(scheduled_lr, lr_max)
+    """The learning rate and averaging weight of step ``k + 1`` (``k`` steps already taken).
+
+    Scalars in, scalars out: Python floats by default, tensors with ``ops=keras.ops``.
+    """
+    scheduled_lr = lr * ops.minimum((k + 1) / warmup_steps, 1.0) if warmup_steps > 0 else lr
+    lr_max = ops.maximum(scheduled_lr, lr_max)
     weight = (k + 1) ** r * lr_max**weight_lr_power
     weight_sum = weight_sum + weight
-    # All weights are zero only with lr = 0; the average then simply stays where it is.
-    ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+    # All weights are zero only with lr = 0 (then weight = 0 too, and c = 0: x stays put).
+    ckp1 = weight / ops.where(weight_sum > 0, weight_sum, 1.0)
     return Schedule(scheduled_lr, ckp1, lr_max, weight_sum)
 
 
-def _lerp(start: Any, end: Any, weight: float) -> Any:
+def _lerp(start: Any, end: Any, weight: Any, ops: Any = None) -> Any:
     # torch.lerp's formula, branch included: for weight >= 0.5 it steps back from ``end``, which
-    # is what makes c = 1 (the first step) land exactly on z.
-    if weight < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+    # is what makes c = 1 (the first step) land exactly on z. A traced weight (Keras inside a
+    # compiled step) cannot be branched on in Python, so both forms are computed and one is kept.
+    if isinstance(weight, (int, float)):
+        if weight < 0.5:
+            return start + weight * (end - start)
+        return end - (end - start) * (1 - weight)
+    return ops.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
 
 
-def _interpolate(y: Any, z: Any, direction: Any, *, lr: float, beta: float, ckp1: float) -> Any:
+def _interpolate(
+    y: Any, z: Any, direction: Any, *, lr: Any, beta: float, ckp1: Any, ops: Any
+) -> Any:
     """y_{t+1} from y_t, z_t and the step direction d_t (the module docstring's last equation)."""
-    return _lerp(y, z, ckp1) + (lr * (beta * (1 - ckp1) - 1)) * direction
+    return _lerp(y, z, ckp1, ops) + (lr * (beta * (1 - ckp1) - 1)) * direction
 
 
 def schedule_free_sgd_init(param: Any, *, clone: Any) -> State:
@@ -102,7 +112,7 @@ def schedule_free_sgd(
     if weight_decay != 0:
         grad = grad + weight_decay * param  # L2 at y, where the gradient was taken
     z = state["z"]
-    y = _interpolate(param, z, grad, lr=lr, beta=momentum, ckp1=ckp1)
+    y = _interpolate(param, z, grad, lr=lr, beta=momentum, ckp1=ckp1, ops=ops)
     return y, {"z": z - lr * grad}
 
 
@@ -132,7 +142,7 @@ def schedule_free_adamw(
         # Decoupled: the decay is taken at y and is not rescaled by the RMS denominator.
         direction = direction + weight_decay * param
     z = state["z"]
-    y = _interpolate(param, z, direction, lr=lr, beta=beta1, ckp1=ckp1)
+    y = _interpolate(param, z, direction, lr=lr, beta=beta1, ckp1=ckp1, ops=ops)
     return y, {"z": z - lr * direction, "exp_avg_sq": exp_avg_sq}
 
 
@@ -159,8 +169,7 @@ def _validate_schedule(lr: Any, weight_decay: Any, warmup_steps: Any, r: Any, po
 
 def _open_unit_interval(name: str, value: Any, what: str) -> None:
     # beta = 0 would make x = (y - z) / 0 in eval(): the interpolation must be strict.
-    in_unit_interval(name, value, what)
-    if not as_float(name, value, what) > 0:
+    if not 0 < as_float(name, value, what) < 1:
         raise ValueError(f"Invalid {what}: {name}={value!r} (expected 0 < {name} < 1)")
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from sgdlab.algorithms import scalar_ops
 from sgdlab.algorithms._checks import as_float, at_least
 from sgdlab.algorithms.adam import validate_adam
 
@@ -46,36 +47,41 @@ def projection_terms(old_param: Any, new_param: Any, grad: Any, *, ops: Any) -> 
 
 
 class Estimate(NamedTuple):
-    lr_estimate: float  # lambda_k, the running (not bias-corrected) average
-    gamma: float | None  # gamma_k, or None when p_k^T g_k == 0 (no estimate at this step)
+    lr_estimate: Any  # lambda_k, the running (not bias-corrected) average
+    gamma: Any  # gamma_k (meaningless where not has_estimate)
+    has_estimate: Any  # p_k^T g_k != 0: this step gave an estimate
 
 
 def update_lr_estimate(
-    lr_estimate: float, step_sq: float, step_dot_grad: float, *, beta2: float
+    lr_estimate: Any, step_sq: Any, step_dot_grad: Any, *, beta2: float, ops: Any = scalar_ops
 ) -> Estimate:
-    """lambda_k from lambda_{k-1} and the group's p_k^T p_k and p_k^T g_k."""
-    if step_dot_grad == 0:
-        return Estimate(lr_estimate, None)
-    gamma = step_sq / -step_dot_grad
-    return Estimate(beta2 * lr_estimate + (1 - beta2) * gamma, gamma)
+    """lambda_k from lambda_{k-1} and the group's p_k^T p_k and p_k^T g_k.
+
+    Scalars in, scalars out: Python floats by default, tensors with ``ops=keras.ops``.
+    """
+    has_estimate = step_dot_grad != 0
+    gamma = step_sq / ops.where(has_estimate, -step_dot_grad, 1.0)
+    averaged = beta2 * lr_estimate + (1 - beta2) * gamma
+    return Estimate(ops.where(has_estimate, averaged, lr_estimate), gamma, has_estimate)
 
 
-def corrected_lr_estimate(lr_estimate: float, *, beta2: float, step: int) -> float:
+def corrected_lr_estimate(lr_estimate: Any, *, beta2: float, step: Any) -> Any:
     """Lambda_k = lambda_k / (1 - beta2^k)."""
     return lr_estimate / (1 - beta2**step)
 
 
-def should_switch(
-    lr_estimate: float, gamma: float | None, *, beta2: float, step: int, tolerance: float
-) -> bool:
+def should_switch(estimate: Estimate, *, beta2: float, step: Any, tolerance: float) -> Any:
     """The paper's criterion, plus Lambda_k > 0 (see the module docstring)."""
-    if gamma is None or step <= 1:
-        return False
-    corrected = corrected_lr_estimate(lr_estimate, beta2=beta2, step=step)
-    return corrected > 0 and abs(corrected - gamma) < tolerance
+    corrected = corrected_lr_estimate(estimate.lr_estimate, beta2=beta2, step=step)
+    return (
+        estimate.has_estimate
+        & (step > 1)
+        & (corrected > 0)
+        & (abs(corrected - estimate.gamma) < tolerance)
+    )
 
 
-def sgd_learning_rate(lr_estimate: float, *, beta1: float, beta2: float, step: int) -> float:
+def sgd_learning_rate(lr_estimate: Any, *, beta1: float, beta2: float, step: Any) -> Any:
     """The ``lr`` of ``sgd`` (momentum beta1) equal to Algorithm 1's step (1 - beta1) Lambda_k."""
     return (1 - beta1) * corrected_lr_estimate(lr_estimate, beta2=beta2, step=step)
 

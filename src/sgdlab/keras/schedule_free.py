@@ -76,7 +76,9 @@ class _ScheduleFree(RuleOptimizer):
         super().build(variables)
         for variable, z in zip(variables, self._slots["z"]):
             if z is not None:
-                z.assign(variable)  # z starts at the initial weights, so x = y = z
+                # z starts at the initial weights (x = y = z), in a buffer of its own: JAX
+                # donates optimizer and model buffers to the train step, never the same one twice.
+                z.assign(ops.copy(_value(variable)))
         self._lr_max = self.add_variable((), initializer=keras.initializers.Constant(-1.0), name="lr_max")
         self._weight_sum = self.add_variable((), initializer="zeros", name="weight_sum")
 
@@ -171,13 +173,14 @@ class ScheduleFreeSGD(_ScheduleFree):
         self,
         learning_rate: Any = 1.0,
         momentum: float = 0.9,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = 0.0,
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
+        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
         validate_schedule_free_sgd(
             lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
             momentum=momentum,
@@ -226,13 +229,14 @@ class ScheduleFreeAdamW(_ScheduleFree):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = 0.0,
         warmup_steps: int = 0,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
+        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
         _keras_betas(beta_1, beta_2, epsilon)
         validate_schedule_free_adamw(
             lr=0.0,  # learning_rate is checked (under its Keras name) by the base class

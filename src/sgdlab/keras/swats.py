@@ -46,12 +46,13 @@ class SWATS(RuleOptimizer):
         beta_1: float = 0.9,
         beta_2: float = 0.999,
         epsilon: float = 1e-9,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = 0.0,
         switch_tol: float = 1e-9,
         switch_at: int | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
+        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
         _keras_betas(beta_1, beta_2, epsilon, strict_beta_1=False)
         validate_swats(
             lr=0.0,  # learning_rate is checked (under its Keras name) by the base class

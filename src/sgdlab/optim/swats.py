@@ -172,9 +172,7 @@ class SWATS(RuleOptimizer):
         if group["switch_at"] is not None:
             switch = k >= group["switch_at"]
         else:
-            switch = should_switch(
-                estimate.lr_estimate, estimate.gamma, beta2=beta2, step=k, tolerance=group["switch_tol"]
-            )
+            switch = should_switch(estimate, beta2=beta2, step=k, tolerance=group["switch_tol"])
         if switch:
             self._switch(group, sgd_learning_rate(estimate.lr_estimate, beta1=beta1, beta2=beta2, step=k))
 
