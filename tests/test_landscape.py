@@ -226,3 +226,19 @@ def test_mp4_without_ffmpeg_is_refused_with_a_clear_message(tmp_path, monkeypatc
         result.animate(tmp_path / "paths.mp4")
     with pytest.raises(ValueError, match=".gif or .mp4"):
         result.animate(tmp_path / "paths.avi")
+
+
+def test_optimizers_that_need_a_closure_get_one():
+    # L-BFGS evaluates the closure several times per step; it must see the same function.
+    lbfgs = functools.partial(torch.optim.LBFGS, lr=0.5, max_iter=5, line_search_fn="strong_wolfe")
+    trajectory = run_trajectory("rosenbrock", lbfgs, steps=30)
+    np.testing.assert_allclose(trajectory.final, [1.0, 1.0], atol=1e-4)
+    assert trajectory.losses[-1] == pytest.approx(float(FUNCTIONS["rosenbrock"].value(torch.tensor(trajectory.final))))
+
+
+def test_schedule_free_paths_show_the_evaluation_point():
+    trajectory = run_trajectory("quadratic", "schedulefree_sgd:lr=0.1", steps=20)
+    assert trajectory.status == "ok" and trajectory.path.shape == (21, 2)
+    values = [float(FUNCTIONS["quadratic"].value(torch.tensor(p))) for p in trajectory.path]
+    np.testing.assert_allclose(trajectory.losses, values, rtol=1e-12)
+    assert trajectory.losses[-1] < 0.1 * trajectory.losses[0]

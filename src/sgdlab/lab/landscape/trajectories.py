@@ -140,30 +140,51 @@ def run_trajectory(
     label = label or optimizer_label(optimizer)
     point = torch.nn.Parameter(torch.tensor([float(start[0]), float(start[1])], dtype=dtype))
     opt = build([point])
+    if callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None)):
+        opt.eval()  # start in eval mode: the loop switches to train mode around each step
     generator = torch.Generator().manual_seed(seed)
     box = 1000.0 * max(function.xlim[1] - function.xlim[0], function.ylim[1] - function.ylim[0])
 
     path = [point.detach().clone()]
     losses: list[torch.Tensor] = []  # losses[i] is f(path[i]), filled in as the steps go
     status = "ok"
-    for _ in range(steps):
+    first_loss: list[torch.Tensor] = []
+    indices: torch.Tensor | None = None
+    kick: torch.Tensor | None = None
+
+    def closure() -> torch.Tensor:
+        # Optimizers such as SAM or L-BFGS evaluate the closure more than once per step; every
+        # evaluation within a step sees the same mini-batch and the same gradient noise.
         opt.zero_grad()
-        indices = None
-        if batch_size is not None:
-            indices = torch.randperm(n, generator=generator)[:batch_size]
         loss = function.batch_value(point, indices)
-        if indices is None:
-            exact = loss.detach().clone()  # the full loss at path[-1], no second evaluation
-        else:
+        loss.backward()
+        if kick is not None:
+            point.grad.add_(kick)
+        if not first_loss:
+            first_loss.append(loss.detach().clone())
+        return loss
+
+    # Schedule-free optimizers take gradients at one point (train mode) and answer with another
+    # (eval mode); the path shows the answer, switching modes around each step.
+    to_train, to_eval = getattr(opt, "train", None), getattr(opt, "eval", None)
+    switches = callable(to_train) and callable(to_eval)
+    for _ in range(steps):
+        indices = None if batch_size is None else torch.randperm(n, generator=generator)[:batch_size]
+        kick = None if noise == 0 else float(noise) * torch.randn(2, generator=generator, dtype=dtype)
+        if indices is not None or switches:
             with torch.no_grad():
                 exact = function.value(point).detach().clone()
+        if switches:
+            to_train()
+        first_loss.clear()
+        opt.step(closure)
+        if switches:
+            to_eval()
+        if indices is None and not switches:
+            exact = first_loss[0]  # the full loss at path[-1], without a second evaluation
         if not torch.isfinite(exact):
-            break  # path[-1] is dropped below
+            break  # f(path[-1]) is not finite: path[-1] is dropped below
         losses.append(exact)
-        loss.backward()
-        if noise > 0:
-            point.grad.add_(torch.randn(2, generator=generator, dtype=dtype), alpha=float(noise))
-        opt.step()
         current = point.detach().clone()
         if not torch.isfinite(current).all():
             status = "diverged"
