@@ -121,13 +121,18 @@ def _list() -> int:
 
     console = Console()
     table = Table(title="2-D functions")
-    for column in ("name", "what", "window", "start", "known minima"):
-        table.add_column(column)
+    for column in ("name", "what (plotting window)", "start", "known minima"):
+        table.add_column(column, no_wrap=not column.startswith("what"))
     for fn in FUNCTIONS.values():
-        table.add_row(fn.name, fn.description, f"{fn.xlim} x {fn.ylim}", str(fn.start),
-                      ", ".join(f"({x:.4g}, {y:.4g})" for x, y in fn.minima) or "-")
-    table.add_row("least-squares", "finite-sum least squares, 64 points (--batch-size)", "", "", "")
-    table.add_row("'<expression>'", "any expression in x and y", "[-3, 3]^2", "(-2.5, 2.5)", "-")
+        table.add_row(
+            fn.name,
+            f"{fn.description}\n[{fn.xlim[0]:g}, {fn.xlim[1]:g}] × [{fn.ylim[0]:g}, {fn.ylim[1]:g}]",
+            f"({fn.start[0]:g}, {fn.start[1]:g})",
+            "\n".join(f"({x:.4g}, {y:.4g})" for x, y in fn.minima) or "-",
+        )
+    table.add_row("least-squares", "finite sum over 64 points; --batch-size B for mini-batches",
+                  "", "the LS solution")
+    table.add_row("'x**2 + y**2'", "any expression in x and y\n[-3, 3] × [-3, 3]", "(-2.5, 2.5)", "-")
     console.print(table)
     optimizers = Table(title="optimizers (--opt NAME:key=value,...)")
     optimizers.add_column("name")
