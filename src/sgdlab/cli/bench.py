@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
     parser.add_argument("--steps", type=int, default=2, help="steps per round (default: 2)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads for every contender (default: torch's default)")
     parser.add_argument("--quick", action="store_true",
                         help="small shapes and 3 rounds: a smoke run in seconds")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
@@ -47,6 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from sgdlab import bench
 
     console = Console()
+    if args.threads is not None:
+        if args.threads < 1:
+            console.print(f"[red]error:[/] Invalid threads: {args.threads} (expected >= 1)")
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         result = bench.run(
             args.case, args.optimizer, args.contender, device=args.device, rounds=args.rounds,

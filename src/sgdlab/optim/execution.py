@@ -7,7 +7,8 @@ optimizer state keeps torch.optim's layout.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -305,25 +306,48 @@ def grouped(
             function(t, programs.scalar_inputs(program, device, as_tensor=False), c)
 
     if layout.small:
-        small = layout.small
-        n = layout.small_numel
-        if len(small) == 1:
-            i = small[0]
-            flat_params = [params[i].view(-1)]
-            flat_param = flat_params[0]
-            flat_grad = grads[i].view(-1)
-        else:
-            flat_params = [params[i].view(-1) for i in small]
-            flat_param = torch.cat(flat_params)
-            flat_grad = torch.cat([grads[i].view(-1) for i in small])
-        call([flat_param, flat_grad, *[b[:n] for b in buffers]], 0)
-        if len(small) > 1:
-            sizes = [layout.numels[i] for i in small]
-            torch._foreach_copy_(flat_params, list(torch.split(flat_param, sizes)))
+        with _one_thread(device):
+            _small_region(layout, params, grads, buffers, call)
     for i in layout.big:
         start, n = layout.offsets[i], layout.numels[i]
         call([params[i].view(-1), grads[i].view(-1), *[b[start: start + n] for b in buffers]], start)
+    _store_results(program, layout, states, counters)
+    return True
 
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    # Concatenating ~100 small tensors is ~100 tiny parallel regions: microseconds each on one
+    # thread, but milliseconds each when another process holds the second core (OpenMP threads
+    # wait for each other at every region's barrier). The small region is small: one thread.
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _small_region(layout, params, grads, buffers, call) -> None:
+    """Concatenate the small tensors, run the program once over them, copy the results back."""
+    small, n = layout.small, layout.small_numel
+    if len(small) == 1:
+        i = small[0]
+        call([params[i].view(-1), grads[i].view(-1), *[b[:n] for b in buffers]], 0)
+        return
+    flat_params = [params[i].view(-1) for i in small]
+    flat_param = torch.cat(flat_params)
+    flat_grad = torch.cat([grads[i].view(-1) for i in small])
+    call([flat_param, flat_grad, *[b[:n] for b in buffers]], 0)
+    sizes = [layout.numels[i] for i in small]
+    torch._foreach_copy_(flat_params, list(torch.split(flat_param, sizes)))
+
+
+def _store_results(program, layout, states, counters) -> None:
+    """Install views of newly created state buffers; write the new counter values."""
     for key in program.new_keys:
         layout.install(key, states)
     for key, value in program.numbers.items():
@@ -334,4 +358,3 @@ def grouped(
         else:
             for state in states:
                 state[key] = value
-    return True
