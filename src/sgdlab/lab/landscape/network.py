@@ -436,7 +436,10 @@ def run_network_cli(args: Any, out: Path, default_optimizers: list[str]) -> int:
     for s in result.solutions:
         table.add_row(s.label, s.status, f"{s.train_loss:.4g}", f"{s.test_metric:.4f}",
                       f"{s.distance_from_init:.3g}",
-                      "-" if math.isnan(s.sharpness) else f"{s.sharpness:.4g}", str(s.hessian_products))
+                      "-" if math.isnan(s.sharpness) else f"{s.sharpness:.4g}",
+                      # Hitting the limit means the estimate may not have settled yet.
+                      f"{s.hessian_products} (limit)" if s.hessian_products >= args.hessian_iters
+                      else str(s.hessian_products))
     table.caption = "λ_max(H): sharpness, the top Hessian eigenvalue of the train loss (power iteration)"
     console.print(table)
     for note in result.notes:

@@ -362,12 +362,8 @@ def plot_network(result, path: str | Path | None = None, *, dpi: int = 120):
         ax_init.plot(alphas, line, color=color_of[label], lw=1.8, label=f"{label} (train)")
         ax_init.plot(alphas, result.init_lines_test[label], color=color_of[label], lw=1.2, ls="--",
                      label=f"{label} (test)")
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
     for ax in (ax_init, ax_pair):
         ax.set_yscale("log")
-        # Loss ranges are often narrow (1.1 to 2.4): label ticks as plain numbers, not 2.4x10^0.
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
         ax.axvline(0.0, color="0.6", lw=0.8)
         ax.axvline(1.0, color="0.6", lw=0.8)
         ax.grid(True, which="major", alpha=0.3)
@@ -389,6 +385,14 @@ def plot_network(result, path: str | Path | None = None, *, dpi: int = 120):
     else:
         ax_pair.text(0.5, 0.5, "needs two solutions", transform=ax_pair.transAxes, ha="center",
                      color="0.4")
+
+    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    for ax in (ax_init, ax_pair):
+        # Plain numbers (0.3, not 3x10^-1); minor ticks labelled only when the axis spans less
+        # than a decade, where there would otherwise be no label at all.
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else ticker.NullFormatter())
 
     axes = np.atleast_1d(bottom.subplots(1, n, sharex=True, sharey=True))
     if labels:
