@@ -242,3 +242,21 @@ def test_schedule_free_paths_show_the_evaluation_point():
     values = [float(FUNCTIONS["quadratic"].value(torch.tensor(p))) for p in trajectory.path]
     np.testing.assert_allclose(trajectory.losses, values, rtol=1e-12)
     assert trajectory.losses[-1] < 0.1 * trajectory.losses[0]
+
+
+def test_mp4_frames_are_piped_to_ffmpeg_as_raw_rgb(tmp_path, monkeypatch):
+    # No ffmpeg needed: check what would be sent to it (size, rate, pixel format, byte count).
+    import subprocess
+
+    from sgdlab.lab.landscape import plots
+
+    calls = []
+    monkeypatch.setattr(plots.shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(subprocess, "run", lambda command, input, check: calls.append((command, input)))
+    result = explore("quadratic", ["sgd:lr=0.1"], steps=10)
+    result.animate(tmp_path / "paths.mp4", frames=5, fps=10, resolution=40)
+    (command, data), = calls
+    width, height = map(int, command[command.index("-s") + 1].split("x"))
+    assert command[0] == "ffmpeg" and command[-1] == str(tmp_path / "paths.mp4")
+    assert command[command.index("-pix_fmt") + 1] == "rgb24" and command[command.index("-r") + 1] == "10"
+    assert len(data) == width * height * 3 * (5 + 10)  # 5 frames, then the last held for 1 s
