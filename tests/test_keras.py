@@ -320,6 +320,26 @@ def test_conventions_differ_for_sgd_under_a_schedule_or_with_weight_decay(
     assert _max_difference(ported_to_keras, torch_sgd) < 1e-5
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="the example runs in float64")
+def test_conventions_example_shows_each_class_following_the_other_framework(capsys):
+    runpy.run_path(str(EXAMPLES / "keras_torch_conventions.py"), run_name="__main__")
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    assert len(blocks) == 3
+    gaps = []
+    for block in blocks:
+        lines = block.splitlines()
+        rows = {line[:40].strip(): [float(v) for v in line[40:].split()] for line in lines[1:5]}
+        # Each sgdlab class set to the other framework's convention prints that framework's row.
+        np.testing.assert_allclose(
+            rows["sgdlab.SGD(convention='keras')"], rows["keras.optimizers.SGD"], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            rows["sgdlab.keras.SGD(convention='torch')"], rows["torch.optim.SGD"], atol=1e-5
+        )
+        gaps.append(float(lines[5].split()[-1]))
+    assert gaps[0] < 1e-6 and gaps[1] > 0.1 and gaps[2] > 0.01  # same, then apart, as documented
+
+
 # --- weight-decay exclusion -------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, convention", grid(itertools.product(["SGD", "AdamW"], ["keras", "torch"]), [1])
