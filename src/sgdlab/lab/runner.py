@@ -319,6 +319,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(task: Task, queue: Any, parent: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     torch.set_num_threads(1)  # several processes share the cores: one thread each
     _WORKER["task"], _WORKER["queue"] = task, queue
     # A worker whose race was killed (kill -9, a closed terminal) must not keep training: a rerun
@@ -510,8 +513,15 @@ def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bar
                 results[(spec.label, seed)] = result
                 bars.finish((spec.label, seed), result)
         drain(0.2)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    except BaseException:  # Ctrl-C (workers ignore it) or an error here: stop the workers now
+        # Without this, interpreter exit would wait for the jobs in flight and the ones queued
+        # behind them. A worker killed mid-save leaves its previous checkpoint intact (atomic
+        # replace), so the interrupted runs resume from their last finished epoch.
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
     return results
 
 

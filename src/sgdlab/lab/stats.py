@@ -240,15 +240,36 @@ def _faster(a: OptimizerSummary, b: OptimizerSummary, target: float | None) -> s
     return f"{lower.label} (lower final train loss)"
 
 
+def _show_difference(d: Estimate, percent: bool) -> str:
+    if percent:
+        text = f"{d.mean * 100:+.1f}"
+        return text + (f" ± {d.half_width * 100:.1f}" if math.isfinite(d.half_width) else "") + " points"
+    return f"{d.mean:+.3g}" + (f" ± {d.half_width:.2g}" if math.isfinite(d.half_width) else "")
+
+
 def _better_metric(a: OptimizerSummary, b: OptimizerSummary, metric: str, higher: bool) -> str:
     d = difference_ci(a.finals["final_metric"], b.finals["final_metric"])
+    percent = metric == "accuracy"
     if not math.isfinite(d.mean):
         return "not enough finished runs to compare"
     if not math.isfinite(d.half_width) or abs(d.mean) <= d.half_width:
-        return (f"no significant difference in test {metric} ({a.label} - {b.label} = {d.mean:+.3g}"
-                + (f" ± {d.half_width:.2g}" if math.isfinite(d.half_width) else "") + ")")
+        return (f"no significant difference in test {metric} "
+                f"({a.label} − {b.label} = {_show_difference(d, percent)})")
     winner = a if (d.mean > 0) == higher else b
-    return f"{winner.label} generalizes better (difference {abs(d.mean):.3g} ± {d.half_width:.2g}, 95% CI)"
+    if winner is b:
+        d = Estimate(-d.mean, d.half_width, d.n)
+    return f"higher test {metric}: {winner.label} ({_show_difference(d, percent)}, 95% CI)"
+
+
+def _smaller_gap(a: OptimizerSummary, b: OptimizerSummary) -> str:
+    """Generalization proper: the test - train loss gap, smaller is better."""
+    d = difference_ci(a.finals["gap"], b.finals["gap"])
+    if not math.isfinite(d.mean):
+        return "gap: not enough finished runs to compare"
+    if not math.isfinite(d.half_width) or abs(d.mean) <= d.half_width:
+        return f"no significant difference in the gap ({a.label} − {b.label} = {_show_difference(d, False)})"
+    winner = a if d.mean < 0 else b
+    return f"smaller gap: {winner.label} ({abs(d.mean):.3g} ± {d.half_width:.2g} less, 95% CI)"
 
 
 def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_better: bool,
@@ -256,7 +277,7 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
     """Answers to: GD vs SGD, does momentum help, SGD vs Adam speed and generalization, AdamW vs Adam;
     each only when the race contains the optimizers it needs (by registered name or family)."""
     findings: list[Finding] = []
-    fmt = lambda s: f"{s.label}: test {metric} {s.final_metric.format(3)}"  # noqa: E731
+    fmt = lambda s: f"{s.label}: test {metric} {s.final_metric.format(3, metric == 'accuracy')}"  # noqa: E731
 
     gd, sgd = _by_name(summaries, "gd"), _by_name(summaries, "sgd")
     if gd and sgd:
@@ -264,7 +285,7 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
             "Full-batch GD vs mini-batch SGD (same epochs of data)",
             f"gd: {_speed(gd, target)}, {gd.steps.mean:.0f} steps; sgd: {_speed(sgd, target)}, "
             f"{sgd.steps.mean:.0f} steps",
-            f"faster per epoch: {_faster(gd, sgd, target)}; generalization: "
+            f"faster per epoch: {_faster(gd, sgd, target)}; "
             + _better_metric(gd, sgd, metric, higher_is_better),
         ))
     momentum = _by_name(summaries, "momentum") or _by_name(summaries, "nesterov")
@@ -287,7 +308,7 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
         findings.append(Finding(
             "SGD vs Adam: generalization",
             f"{fmt(best_sgd)}, gap {best_sgd.gap.format(2)}; {fmt(best_adam)}, gap {best_adam.gap.format(2)}",
-            _better_metric(best_sgd, best_adam, metric, higher_is_better),
+            _better_metric(best_sgd, best_adam, metric, higher_is_better) + "; " + _smaller_gap(best_sgd, best_adam),
         ))
     adam, adamw = _by_name(summaries, "adam"), _by_name(summaries, "adamw")
     if adam and adamw:

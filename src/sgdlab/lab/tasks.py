@@ -345,10 +345,13 @@ def mnist1d(num_samples: int = 5000, channels: int = 32) -> Task:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
-        epochs=15,
+        epochs=25,
         batch_size=64,
-        lr={"gd": 0.5, "sgd": 0.05, "momentum": 0.01, "nesterov": 0.01, "adam": 2e-3},
-        target_loss=0.5,
+        # From a one-seed sweep at 20 epochs (gd 0.25-2, sgd 0.05-0.5, momentum 0.01-0.1, adam
+        # 1e-3-2e-2), then 3 seeds at 25 epochs: the best rate of each family that did not spike
+        # (sgd 0.3 and momentum 0.05 did on some seeds), so the default race compares tuned optimizers.
+        lr={"gd": 0.5, "sgd": 0.15, "momentum": 0.03, "nesterov": 0.03, "adam": 1e-2},
+        target_loss=0.3,
         description=f"MNIST-1D ({len(y_train)} train / {len(y_test)} test, generated), 1-D CNN",
     )
 
