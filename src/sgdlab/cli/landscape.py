@@ -34,7 +34,7 @@ def _pair(text: str) -> tuple[float, float]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "landscape",
-        help="draw optimizer paths on 2-D test functions, or loss-surface slices of real networks",
+        help="optimizer paths on 2-D functions; loss slices and sharpness of networks",
         description=(
             "Run optimizers (the real sgdlab / torch.optim classes) on a 2-D test function and draw "
             "their paths over a log-scaled contour map with a loss-per-step panel (PNG + animated "
