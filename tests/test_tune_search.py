@@ -174,3 +174,19 @@ def test_lr_command_writes_plot_and_suggestion(tmp_path, capsys):
     info = json.loads((tmp_path / "lr_range.json").read_text())
     assert (tmp_path / "lr_range.png").exists() and info["opt"] == "sgd:momentum=0.9"
     assert info["suggested_lr"] is not None and "--opt sgd:lr=" in capsys.readouterr().out
+
+
+def test_the_search_starts_from_the_default_configuration_when_it_is_in_the_space(digits, tmp_path):
+    result = search(_setup(digits, tmp_path / "adamw", opt="adamw", n_trials=1), progress=False)
+    first = result.study.trials[0]
+    assert first.user_attrs.get("sgdlab_default_configuration") is True
+    spec, batch_size = result.space.configuration(result.space.values_from_params(first.params), digits)
+    default = parse_spec("adamw", task=digits).resolved(digits)
+    assert spec.hyperparameters["lr"] == pytest.approx(default["lr"])
+    assert spec.hyperparameters["betas"] == pytest.approx((0.9, 0.999))
+    assert spec.hyperparameters["weight_decay"] == pytest.approx(default["weight_decay"])
+    assert batch_size == digits.batch_size
+    # Plain SGD has momentum 0, outside the momentum range: not a trial, and the study says so.
+    sgd = search(_setup(digits, tmp_path / "sgd", n_trials=1), progress=False)
+    assert sgd.study.user_attrs["default_enqueued"] is False
+    assert not sgd.study.trials[0].user_attrs.get("sgdlab_default_configuration")

@@ -30,7 +30,7 @@ from sgdlab.lab.report import _CSS, _html_table, _md_table
 from sgdlab.lab.runner import RaceResult, run_race
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.stats import Estimate, OptimizerSummary, difference_ci, summarize_optimizer
-from sgdlab.lab.tune.search import SearchResult, storage_description, trials_table
+from sgdlab.lab.tune.search import DEFAULT_TRIAL, SearchResult, storage_description, trials_table
 
 DEFAULT_LABEL, TUNED_LABEL = "default", "tuned"
 
@@ -304,6 +304,22 @@ def gain_sentence(report: TuneReport) -> str:
             f"(tuned − default, 95% Welch interval, {n} seeds each) — {verdict}.")
 
 
+def default_trial_sentence(report: TuneReport) -> str:
+    """Where the default configuration stood in the search (it is trial 0 when it lies in the space)."""
+    study, setup = report.search.study, report.search.setup
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(DEFAULT_TRIAL)), None)
+    best = report.best_trial
+    scale, unit = (100.0, "%") if _pct(report) else (1.0, "")
+    if trial is None or trial.value is None:
+        if study.user_attrs.get("default_enqueued") is False:
+            return ("The default configuration lies outside the search space (e.g. momentum 0 for plain SGD), "
+                    "so it was not a trial of the search.")
+        return "The default configuration was not a trial of the search."
+    return (f"The search started from the default configuration (trial {trial.number}: validation "
+            f"{setup.metric} {trial.value * scale:.4g}{unit}); the best trial (#{best.number}) scored "
+            f"{best.value * scale:.4g}{unit} on the same validation split and seed.")
+
+
 def comparison_rows(report: TuneReport) -> tuple[list[str], list[list[str]]]:
     header = ["configuration", "--opt", "batch size", f"test {report.metric} (mean ± 95% CI)", "per seed",
               "train loss", "diverged"]
@@ -325,7 +341,9 @@ def top_trials_rows(report: TuneReport, n: int = 10) -> tuple[list[str], list[li
     out = []
     for r in rows[:n]:
         value = r["value"] * 100 if _pct(report) else r["value"]
-        out.append([str(r["number"]), f"{value:.4g}" + (" (diverged)" if r.get("status") == "diverged" else "")]
+        tag = " (diverged)" if r.get("status") == "diverged" else ""
+        tag += " (default configuration)" if r.get("default") else ""
+        out.append([str(r["number"]), f"{value:.4g}" + tag]
                    + [_short(r.get(k)) for k in names] + [_short(r.get("seconds"))])
     return header, out
 
@@ -361,6 +379,7 @@ def summary_dict(report: TuneReport) -> dict[str, Any]:
         "tuned": {"opt": opt_string(report.tuned_spec), "batch_size": report.tuned_batch,
                   "test": report.summaries[TUNED_LABEL].to_dict()},
         "gain": report.gain.to_dict() | {"significant": report.significant, "sentence": gain_sentence(report)},
+        "default_in_search": default_trial_sentence(report),
         "seeds": report.race.seeds,
     }
 
@@ -381,6 +400,7 @@ def print_tune_report(report: TuneReport, console: Any = None) -> None:
         table.add_row(*row)
     console.print(table)
     console.print(f"[bold]{gain_sentence(report)}")
+    console.print(default_trial_sentence(report))
     console.print("\nBest configuration, ready to paste:")
     batch = "" if report.tuned_spec.full_batch else f" --batch-size {report.tuned_batch}"
     console.print(f"  --opt {opt_string(report.tuned_spec)}{batch}", markup=False, highlight=False)
@@ -416,6 +436,7 @@ def write_tune_report(report: TuneReport, out: str | Path) -> dict[str, Path]:
 
     md = [f"# {title}", "", f"_{stamp}_", "", _caption(report), "",
           "## Tuned vs default", "", _md_table(header, rows), "", f"**{gain_sentence(report)}**", "",
+          default_trial_sentence(report), "",
           "## Best configuration", "", "```", f"--opt {opt}{batch}", "```", "", "```bash", compare_cmd, "```", "",
           "```python", snippet, "```", "",
           "## Search", "", f"Study `{report.search.study.study_name}` in "
@@ -444,6 +465,7 @@ pre{{background:#f4f4f4;padding:.6em;overflow-x:auto}}</style></head><body>
 <p class="caption">{esc(stamp)} · {esc(_caption(report))}</p>
 <h2>Tuned vs default</h2>{_html_table(header, rows)}
 <p><strong>{esc(gain_sentence(report))}</strong></p>
+<p>{esc(default_trial_sentence(report))}</p>
 <h2>Best configuration</h2>
 <pre>--opt {esc(opt)}{esc(batch)}</pre><pre>{esc(compare_cmd)}</pre><pre>{esc(snippet)}</pre>
 <h2>Search</h2>

@@ -272,7 +272,50 @@ def create_or_load_study(setup: SearchSetup, storage: Any, *, worker: int = 0) -
     )
     if "sgdlab" not in study.user_attrs:
         study.set_user_attr("sgdlab", identity)
+        params = default_params(setup)
+        if params is not None:
+            # The search starts from what the user would run without tuning: its validation score is
+            # the bar every other trial has to clear, and the sampler learns from it first.
+            study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL: True})
+        study.set_user_attr("default_enqueued", params is not None)
     return study
+
+
+DEFAULT_TRIAL = "sgdlab_default_configuration"
+
+
+def default_params(setup: SearchSetup) -> dict[str, Any] | None:
+    """The default configuration (the ``--opt`` spec as given, the task's batch size) as Optuna
+    parameters of the search space, or None when it lies outside the space (e.g. plain SGD has
+    momentum 0, the momentum range starts at 0.5). A weight decay of 0 is entered as the log range's
+    lower end."""
+    from sgdlab.lab.tune.space import _signature_default
+
+    space = setup.space()
+    factory = setup.spec.entry.resolve()
+    resolved = setup.spec.resolved(setup.task)
+    betas = resolved.get("betas", _signature_default(factory, "betas"))
+    params: dict[str, Any] = {}
+    for name, dim in space.dimensions.items():
+        if not dim.searched:
+            continue
+        if name == "batch_size":
+            value = setup.task.batch_size
+        elif name in ("beta1", "beta2"):
+            value = None if betas is None else betas[("beta1", "beta2").index(name)]
+        else:
+            value = resolved.get(name, _signature_default(factory, name))
+        if value is None or isinstance(value, torch.Tensor):
+            return None
+        if name == "weight_decay" and value == 0 and dim.kind == "float" and dim.scale == "log":
+            value = dim.low  # no decay: the log range's lower end (1e-6 as L2, 1e-4 decoupled) is as good as none
+        if dim.kind == "choice":
+            if value not in dim.choices:
+                return None
+        elif not dim.low <= value <= dim.high:
+            return None
+        params[dim.optuna_name] = 1.0 - value if dim.optuna_name != name else value
+    return params
 
 
 # --- workers, stale trials and the trial budget ------------------------------------------------
@@ -568,7 +611,7 @@ def trials_table(study: Any, space: SearchSpace) -> list[dict[str, Any]]:
             "number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
             "status": trial.user_attrs.get("status"),
             "epochs": max(trial.intermediate_values) if trial.intermediate_values else 0,
-            "seconds": trial.user_attrs.get("seconds"), **values,
+            "seconds": trial.user_attrs.get("seconds"), "default": bool(trial.user_attrs.get(DEFAULT_TRIAL)), **values,
         })
     return rows
 
