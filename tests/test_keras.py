@@ -26,7 +26,11 @@ keras = pytest.importorskip("keras")
 sgdlab_keras = pytest.importorskip("sgdlab.keras")
 import sgdlab  # noqa: E402
 
-pytestmark = pytest.mark.keras
+pytestmark = [
+    pytest.mark.keras,
+    # Keras's torch backend converts with np.array(x), which NumPy 2 flags on every conversion.
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
 BACKEND = keras.config.backend()
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 STEPS = 6
