@@ -59,14 +59,20 @@ def test_keras_optimizers_on_the_jax_backend():
     _run_keras_tests_on("jax")
 
 
-def test_importing_sgdlab_imports_neither_keras_nor_tensorflow():
+def test_importing_sgdlab_imports_neither_keras_nor_tensorflow_and_says_how_to_get_keras():
     code = (
         "import sys, sgdlab, sgdlab.optim, sgdlab.algorithms\n"
-        "loaded = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
-        "print(loaded)\n"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\n"
+        "sys.modules['keras'] = None  # as if Keras were not installed\n"
+        "try:\n"
+        "    import sgdlab.keras\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=_clean_env(), capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    loaded, message = result.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert "pip install 'sgdlab[keras]'" in message
