@@ -440,6 +440,22 @@ def test_model_fit_trains(name, options, tmp_path):
     )
 
 
+def test_model_fit_trains_in_mixed_precision_behind_keras_loss_scaling():
+    keras.utils.set_random_seed(0)
+    x, y = _regression_data()
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=sgdlab_keras.AdamW(learning_rate=0.05), loss="mse")
+        losses = model.fit(x, y, batch_size=16, epochs=6, verbose=0).history["loss"]
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    # Keras wraps the optimizer in its LossScaleOptimizer; ours does the float32 updates inside.
+    assert type(model.optimizer.inner_optimizer) is sgdlab_keras.AdamW
+    assert losses[-1] < 0.5 * losses[0]
+
+
 # --- minimize(): the TF2-era API --------------------------------------------------------------
 def _minimize_twice(optimizer, variable):
     loss = lambda: (variable**2) / 2.0  # noqa: E731  gradient: the variable itself
@@ -494,6 +510,18 @@ def test_minimize_with_a_tensor_loss_and_its_tape_on_tensorflow():
         sgdlab_keras.SGD(learning_rate=0.1).minimize(loss, [variable])
     sgdlab_keras.SGD(learning_rate=0.1).minimize(loss, [variable], tape=tape)
     assert variable.numpy() == pytest.approx(3.0 - 0.1 * 6.0)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.function is tensorflow's")
+def test_minimize_inside_a_tf_function():
+    import tensorflow as tf
+
+    variable = tf.Variable(1.0)
+    optimizer = sgdlab_keras.SGD(learning_rate=0.1, momentum=0.9)
+    step = tf.function(lambda: optimizer.minimize(lambda: variable**2 / 2.0, [variable]))
+    step()
+    step()
+    assert variable.numpy() == pytest.approx(1.0 - 0.1 - 0.18)
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="a torch tensor loss carries its own graph")
