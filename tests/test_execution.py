@@ -175,10 +175,14 @@ def compile_everything(monkeypatch):
     monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
 
 
-def test_compiled_sgd_is_bit_identical(compile_everything):
+def test_compiled_sgd_is_bit_identical(compile_everything, monkeypatch):
+    # Three big tensors in batches of two: one full batch, one padded with scratch tensors.
+    monkeypatch.setattr(execution, "BATCH_SLOTS", 2)
+    big = execution.BIG_TENSOR_NUMEL
+    shapes = [(7,), (300, 3), (big,), (big + 5,), (big + 1,)]
     options = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)
-    compiled, _ = run(sgdlab.SGD, options, shapes=[(7,), (300, 3)])
-    reference, _ = run(sgdlab.SGD, {**options, "foreach": False}, shapes=[(7,), (300, 3)])
+    compiled, _ = run(sgdlab.SGD, options, shapes=shapes)
+    reference, _ = run(sgdlab.SGD, {**options, "foreach": False}, shapes=shapes)
     assert_identical(compiled, reference)
 
 

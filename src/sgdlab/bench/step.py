@@ -75,6 +75,7 @@ class Row:
     roofline_pct: float
     state_bytes_per_param: float
     ratio_to_torch_fused: float | None = None
+    copy_gb_per_s: float = 0.0  # the roofline's bandwidth (median of the case's copies so far)
     samples_ms: list[float] = field(default_factory=list)
 
 
@@ -229,9 +230,12 @@ def run(
         for p in params:
             p.grad = torch.randn(p.shape, generator=generator).to(device) * 1e-3
         numel = sum(p.numel() for p in params)
-        bandwidth = copy_bandwidth(device, max(numel, 1 << 22))
-        infos.append(CaseInfo(case, description, len(params), numel, bandwidth))
-        say(f"{case}: {len(params)} tensors, {numel:,} parameters, copy {bandwidth:.1f} GB/s")
+        # Copy bandwidth is measured in every round too, between the contenders, so that the
+        # roofline sees the same machine load as they do.
+        copy_src = torch.rand(min(max(numel, 1 << 22), 1 << 25), device=device)
+        copy_dst = torch.empty_like(copy_src)
+        copy_samples: list[float] = [copy_bandwidth(device, copy_src.numel())]
+        say(f"{case}: {len(params)} tensors, {numel:,} parameters")
         for optimizer in optimizers:
             instances = {}
             first_step = {}
@@ -257,6 +261,12 @@ def run(
                             opt.step()
                     _sync(device)
                     samples[contender].append((time.perf_counter() - start) / steps)
+                _sync(device)
+                start = time.perf_counter()
+                copy_dst.copy_(copy_src)
+                _sync(device)
+                copy_samples.append(2 * copy_src.nbytes / (time.perf_counter() - start) / 1e9)
+            bandwidth = statistics.median(copy_samples)
             fused = statistics.median(samples["torch fused"]) if "torch fused" in samples else None
             for contender in contenders:
                 seconds = statistics.median(samples[contender])
@@ -272,11 +282,16 @@ def run(
                     roofline_pct=100 * roofline / seconds,
                     state_bytes_per_param=state_bytes(instances[contender]) / numel,
                     ratio_to_torch_fused=seconds / fused if fused else None,
+                    copy_gb_per_s=bandwidth,
                     samples_ms=[s * 1e3 for s in samples[contender]],
                 ))
                 say(f"  {optimizer:16s} {contender:18s} {seconds * 1e3:9.2f} ms/step"
                     + (f"  x{seconds / fused:.3f} of torch fused" if fused else ""))
             del instances
+        infos.append(CaseInfo(case, description, len(params), numel,
+                              statistics.median(copy_samples)))
+        say(f"{case}: copy bandwidth {infos[-1].copy_gb_per_s:.1f} GB/s (median of "
+            f"{len(copy_samples)})")
     settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick,
                 "contenders": contenders, "optimizers": {k: OPTIMIZERS[k][:2] for k in optimizers}}
     return BenchResult(machine_info(device), settings, infos, rows)

@@ -284,10 +284,34 @@ def compiled(program: Program) -> Callable[..., None]:
     return function
 
 
-def scalar_inputs(program: Program, device: torch.device, *, as_tensor: bool) -> Any:
+def compiled_batch(program: Program, slots: int) -> Callable[..., None]:
+    """The program over ``slots`` tensors per call, ``batch(ts, s, cs)``: ``ts[i]`` and
+    ``cs[i]`` are one tensor's ``t`` and ``c``. One call costs the same Python overhead as a
+    single tensor's, so large groups of tensors pay it once per ``slots`` tensors."""
+    key = f"{program.source}\n# slots={slots}"
+    with _lock:
+        function = _compiled.get(key)
+        if function is None:
+            single = _function(program.source)
+
+            def batch(ts: list[list[Tensor]], s: Any, cs: list[list[Tensor]]) -> None:
+                for t, c in zip(ts, cs):
+                    single(t, s, c)
+
+            function = torch.compile(batch, dynamic=True, fullgraph=True)
+            _compiled[key] = function
+    return function
+
+
+def scalar_inputs(program: Program, device: torch.device, *, as_tensor: bool,
+                  dtype: torch.dtype = torch.float64) -> Any:
     """The ``s`` argument: Python numbers for the eager program (exactly the reference's
-    arithmetic), a float64 vector for the compiled one (inputs, not constants)."""
+    arithmetic), a vector for the compiled one (inputs, not constants).
+
+    Every number of the program meets a tensor (numbers among themselves were combined in
+    Python), so PyTorch rounds it to the tensor's dtype first; rounding it here, once, gives the
+    same values and spares the kernel a conversion per vector of elements."""
     if not as_tensor:
         return program.scalars
-    return torch.tensor([float(v) for v in program.scalars] or [0.0], dtype=torch.float64,
-                        device=device)
+    values = torch.tensor([float(v) for v in program.scalars] or [0.0], dtype=torch.float64)
+    return values.to(dtype).to(device)
