@@ -93,6 +93,10 @@ def learning_curves(result: Any, target_loss: float | None = None) -> bytes:
     axes[2].set_xlabel("epochs (passes over the training set)")
     metric = task.metric.replace("_", " ")
     axes[2].set_ylabel(f"test {metric}")
+    if task.metric == "accuracy":
+        from matplotlib.ticker import PercentFormatter
+
+        axes[2].yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[0].set_title(f"{loss_name} per epoch")
     axes[1].set_title(f"{loss_name} per second of training")
     axes[2].set_title(f"test {metric}")
@@ -125,13 +129,20 @@ def final_metrics(result: Any, summaries: dict[str, OptimizerSummary]) -> bytes:
             ax.scatter(seeds, [y] * len(seeds), color=palette[label], alpha=0.45, s=18, zorder=2)
             if estimate.n:
                 err = estimate.half_width if math.isfinite(estimate.half_width) else 0.0
-                ax.errorbar([estimate.mean], [y], xerr=[[err], [err]], fmt="o", color=palette[label], ms=7,
-                            capsize=4, lw=2, zorder=3)
+                low, high = estimate.mean - err, estimate.mean + err
+                if key == "final_metric" and task.metric == "accuracy":
+                    low, high = max(low, 0.0), min(high, 1.0)  # an accuracy interval lives in [0, 1]
+                ax.errorbar([estimate.mean], [y], xerr=[[estimate.mean - low], [high - estimate.mean]], fmt="o",
+                            color=palette[label], ms=7, capsize=4, lw=2, zorder=3)
             failed = summary.diverged + summary.failed
             if failed:
                 ax.annotate(f"{failed} diverged/failed", xy=(1.0, y), xycoords=("axes fraction", "data"),
                             ha="right", va="center", fontsize=8, color="#d62728")
         ax.set_title(title)
+        if key == "final_metric" and task.metric == "accuracy":
+            from matplotlib.ticker import PercentFormatter
+
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.grid(True, axis="x", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].set_yticks(positions, labels)

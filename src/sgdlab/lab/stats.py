@@ -283,7 +283,7 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
     if gd and sgd:
         findings.append(Finding(
             "Full-batch GD vs mini-batch SGD (same epochs of data)",
-            f"gd: {_speed(gd, target)}, {gd.steps.mean:.0f} steps; sgd: {_speed(sgd, target)}, "
+            f"{gd.label}: {_speed(gd, target)}, {gd.steps.mean:.0f} steps; {sgd.label}: {_speed(sgd, target)}, "
             f"{sgd.steps.mean:.0f} steps",
             f"faster per epoch: {_faster(gd, sgd, target)}; "
             + _better_metric(gd, sgd, metric, higher_is_better),
@@ -292,7 +292,7 @@ def verdict(summaries: dict[str, OptimizerSummary], metric: str, higher_is_bette
     if sgd and momentum:
         findings.append(Finding(
             "Does momentum help SGD?",
-            f"sgd: {_speed(sgd, target)}; {momentum.label}: {_speed(momentum, target)}",
+            f"{sgd.label}: {_speed(sgd, target)}; {momentum.label}: {_speed(momentum, target)}",
             f"faster: {_faster(momentum, sgd, target)}; "
             + _better_metric(momentum, sgd, metric, higher_is_better),
         ))
