@@ -169,3 +169,21 @@ def test_budget_rejects_non_positive_limits():
         Budget(epochs=0)
     with pytest.raises(ValueError, match="time_budget"):
         Budget(time_budget=-1.0)
+
+
+def test_a_task_that_cannot_be_pickled_runs_in_process_with_a_warning():
+    task = tiny_task()
+    task.model = lambda: torch.nn.Linear(4, 3)  # lambdas cannot reach spawned workers
+    with pytest.warns(UserWarning, match="cannot be sent to worker processes"):
+        race = run_race(task, [parse_spec("sgd")], seeds=2, epochs=1, workers=2, progress=False)
+    assert [r.status for r in race.runs] == ["finished", "finished"]
+
+
+def test_a_spec_carries_its_optimizer_entry_when_pickled():
+    import pickle
+
+    from sgdlab.lab import specs
+
+    spec = parse_spec("momentum:lr=0.01")
+    clone = pickle.loads(pickle.dumps(spec))
+    assert clone == spec and clone.entry == specs.OPTIMIZERS["momentum"]

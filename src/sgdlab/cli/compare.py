@@ -27,26 +27,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="race optimizers on a task (seeds, confidence intervals, plots, report)",
         description="Race optimizers on a built-in task over several seeds: learning curves, final "
-        "metrics with 95%% confidence intervals, a verdict and a report directory.",
+        "metrics with 95% confidence intervals, a verdict and a report directory.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--task", default=DEFAULT_TASK,
+    parser.add_argument("--task", default=DEFAULT_TASK, metavar="NAME",
                         help=f"digits, mnist1d, modular, logistic or a registered task (default: {DEFAULT_TASK})")
     parser.add_argument("--opt", action="append", metavar="SPEC", default=None,
                         help="optimizer spec NAME[:KEY=VALUE,...], repeatable, e.g. sgd:lr=0.1,momentum=0.9 or "
                         "torch.RMSprop:lr=1e-3 (default: gd, sgd, momentum, nesterov, adam, adamw)")
-    parser.add_argument("--seeds", type=_positive_int, default=3, help="seeds per optimizer (default: 3)")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="epochs per run (default: the task's)")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="stop each run after this many steps")
+    parser.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="seeds per optimizer (default: 3)")
+    parser.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs per run (default: the task's)")
+    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N", help="stop each run after this many steps")
     parser.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
                         help="stop each run after this many seconds of training")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="mini-batch size (default: the task's)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="mini-batch size (default: the task's)")
+    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                         help="parallel worker processes (default: the number of usable cores)")
-    parser.add_argument("--target-loss", type=float, default=None,
+    parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
-    parser.add_argument("--out", default=None,
+    parser.add_argument("--out", default=None, metavar="DIR",
                         help="report directory (default: runs/compare-<task>-<timestamp>); reuse it to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--list", action="store_true", help="list tasks and optimizers, then exit")

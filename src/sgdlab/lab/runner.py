@@ -37,8 +37,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -408,6 +410,17 @@ def run_race(
         raise ValueError(f"workers={workers} (expected >= 1)")
     out_dir = Path(out) if out is not None else None
     jobs = [(spec, seed) for spec in specs for seed in seeds]
+    if workers > 1 and len(jobs) > 1:
+        try:  # worker processes receive the task and specs by pickling
+            pickle.dumps((task, specs))
+        except Exception as error:
+            warnings.warn(
+                f"the task or an optimizer cannot be sent to worker processes ({type(error).__name__}: {error}); "
+                "running in this process. Define model factories and losses at module level "
+                "(not lambdas) to run in parallel.",
+                stacklevel=2,
+            )
+            workers = 1
 
     log_path = None
     logged: set[tuple[Any, ...]] = set()

@@ -162,15 +162,20 @@ class OptimizerSpec:
     name: str
     hyperparameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     label: str = ""
+    # The registry entry, looked up once: a spec sent to a worker process carries its optimizer,
+    # even one registered only in the parent.
+    _entry: OptimizerEntry | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyperparameters", dict(self.hyperparameters))
+        if self._entry is None:
+            object.__setattr__(self, "_entry", lookup(self.name))
         if not self.label:
             object.__setattr__(self, "label", self.text)
 
     @property
     def entry(self) -> OptimizerEntry:
-        return lookup(self.name)
+        return self._entry if self._entry is not None else lookup(self.name)
 
     @property
     def full_batch(self) -> bool:
