@@ -86,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return _list(specs_module, tasks_module)
     if args.task not in tasks_module.TASKS:
         return _error(f"unknown task {args.task!r}; valid tasks: {', '.join(tasks_module.task_names())}")
-    try:  # names first, before the (possibly slow) data set is built
-        for text in args.opt or []:
-            specs_module.parse_spec(text, check=False)
+    try:  # names and values first, before the (possibly slow) data set is built
+        specs_module.parse_specs(args.opt or [])
     except specs_module.SpecError as error:
         return _error(str(error))
 
