@@ -292,13 +292,12 @@ def compiled_batch(program: Program, slots: int) -> Callable[..., None]:
     with _lock:
         function = _compiled.get(key)
         if function is None:
-            single = _function(program.source)
-
-            def batch(ts: list[list[Tensor]], s: Any, cs: list[list[Tensor]]) -> None:
-                for t, c in zip(ts, cs):
-                    single(t, s, c)
-
-            function = torch.compile(batch, dynamic=True, fullgraph=True)
+            # A fresh code object per program: torch.compile caches (and limits recompiles)
+            # per code object, so a closure shared by all programs would hit that limit.
+            namespace: dict[str, Any] = {"single": _function(program.source)}
+            source = "def batch(ts, s, cs):\n    for t, c in zip(ts, cs):\n        single(t, s, c)\n"
+            exec(compile(source, f"<sgdlab batch {len(_compiled)}>", "exec"), namespace)  # noqa: S102
+            function = torch.compile(namespace["batch"], dynamic=True, fullgraph=True)
             _compiled[key] = function
     return function
 
