@@ -187,3 +187,9 @@ def test_a_spec_carries_its_optimizer_entry_when_pickled():
     spec = parse_spec("momentum:lr=0.01")
     clone = pickle.loads(pickle.dumps(spec))
     assert clone == spec and clone.entry == specs.OPTIMIZERS["momentum"]
+
+
+def test_time_budget_stops_after_the_step_that_used_it_up():
+    result = train_run(tiny_task(), parse_spec("sgd"), seed=0, time_budget=1e-9)
+    assert result.status == "finished"
+    assert result.final["step"] == 1 and result.final["epoch"] == pytest.approx(16 / 48, abs=1e-3)
