@@ -345,10 +345,11 @@ register_optimizer("sgdw", _SGD, defaults={"lr": 0.01, "momentum": 0.9, "weight_
 # the runner; SAM takes two gradients per step (the runner always passes a closure).
 register_optimizer("swats", "sgdlab.optim:SWATS", family="adam",
                    description="SWATS: Adam, then SGD with momentum once Adam's implied SGD rate settles")
-register_optimizer("schedulefree_sgd", "sgdlab.optim:ScheduleFreeSGD", defaults={"lr": 0.1},
-                   description="schedule-free SGD (Defazio et al. 2024), momentum 0.9, no LR schedule")
+# No task lr hints for schedule-free: the classes' defaults are the reference package's (lr 1.0 / 2.5e-3).
+register_optimizer("schedulefree_sgd", "sgdlab.optim:ScheduleFreeSGD",
+                   description="schedule-free SGD (Defazio et al. 2024), lr 1.0, momentum 0.9, no LR schedule")
 register_optimizer("schedulefree_adamw", "sgdlab.optim:ScheduleFreeAdamW",
-                   description="schedule-free AdamW (Defazio et al. 2024), no LR schedule")
+                   description="schedule-free AdamW (Defazio et al. 2024), lr 2.5e-3, no LR schedule")
 register_optimizer("sam", "sgdlab.lab.sam:build_sam",
                    description="SAM (rho 0.05) around base=momentum; sam:base=adamw,lr=1e-3 wraps another spec")
 register_optimizer("asam", "sgdlab.lab.sam:build_asam",
