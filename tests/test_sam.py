@@ -212,3 +212,43 @@ def test_missing_or_misplaced_base_optimizer_is_explained():
         sgdlab.SAM(params)
     with pytest.raises(ValueError, match="first argument"):
         sgdlab.SAM(params, sgdlab.SGD(params, lr=0.1))
+
+
+# --- in the lab: the four optimizers by name, through the real runner -----------------------------
+
+
+def _tiny_task():
+    from sgdlab.lab.tasks import Task
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 4, generator=generator)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return Task(
+        name="tiny", model=lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)),
+        x_train=x[:32], y_train=y[:32], x_test=x[32:], y_test=y[32:], epochs=2, batch_size=8,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["swats:switch_at=3", "schedulefree_sgd", "schedulefree_adamw:lr=0.01", "sam:base=adamw,lr=0.01", "asam"],
+)
+def test_lab_specs_train_through_the_runner(text):
+    from sgdlab.lab.runner import train_run
+    from sgdlab.lab.specs import parse_spec
+
+    task = _tiny_task()
+    result = train_run(task, parse_spec(text, task=task), seed=0)
+    assert result.status == "finished"
+    first, last = result.records[0], result.records[-1]
+    assert last["step"] == 8 and last["train_loss"] < first["train_loss"]
+
+
+def test_lab_sam_wraps_the_named_base_and_refuses_itself():
+    from sgdlab.lab.specs import SpecError, parse_spec
+
+    optimizer = parse_spec("sam:base=adamw,lr=1e-3,rho=0.1").build([torch.nn.Parameter(torch.ones(2))])
+    assert isinstance(optimizer, sgdlab.SAM) and isinstance(optimizer.base_optimizer, sgdlab.AdamW)
+    assert optimizer.param_groups[0]["lr"] == 1e-3 and optimizer.param_groups[0]["rho"] == 0.1
+    with pytest.raises(SpecError, match="base='sam'"):
+        parse_spec("sam:base=sam")
