@@ -123,7 +123,7 @@ def test_a_killed_search_resumes_the_same_study_and_redoes_the_interrupted_trial
 
 
 def test_two_local_workers_share_one_study(digits, tmp_path):
-    setup = _setup(digits, tmp_path, n_trials=4, epochs=2, space="batch_size=8")
+    setup = _setup(digits, tmp_path, n_trials=4, epochs=3, space="batch_size=8")  # trials outlast start-up skew
     result = search(setup, workers=2, progress=False)
     study = _load(setup)
     joined = {int(k.rsplit(":", 1)[1]) for k in study.user_attrs if k.startswith("worker:")}
