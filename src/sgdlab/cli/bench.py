@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     from sgdlab import bench
 
-    console = Console()
+    import sys
+
+    # A pipe or a log file gets the full table width rather than 80 wrapped columns.
+    console = Console(width=None if sys.stdout.isatty() else 150)
     if args.threads is not None:
         if args.threads < 1:
             console.print(f"[red]error:[/] Invalid threads: {args.threads} (expected >= 1)")
