@@ -39,6 +39,15 @@ class Adam(RuleOptimizer):
 
     rule = staticmethod(adam)
     validate = staticmethod(_validate)
+    group_defaults = {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    }
 
     def __init__(
         self,
@@ -77,13 +86,7 @@ class Adam(RuleOptimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("decoupled_weight_decay", False)
-            fused = group.setdefault("fused", None)
+            fused = group["fused"]
             for param in group["params"]:
                 param_state = self.state.get(param, {})
                 if param_state and not torch.is_tensor(param_state["step"]):

@@ -23,6 +23,9 @@ class RuleOptimizer(Optimizer):
 
     rule: ClassVar[Callable[..., Any]]
     validate: ClassVar[Callable[..., None]]
+    # Param-group keys that checkpoints of torch.optim (or of older versions) may lack, with the
+    # value their absence means; filled in whenever a state_dict is loaded.
+    group_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         type(self).validate(**defaults)
@@ -32,6 +35,12 @@ class RuleOptimizer(Optimizer):
             if defaults.get("foreach"):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.group_defaults.items():
+                group.setdefault(key, value)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

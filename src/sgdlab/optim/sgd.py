@@ -30,6 +30,14 @@ class SGD(RuleOptimizer):
 
     rule = staticmethod(sgd)
     validate = staticmethod(_validate)
+    group_defaults = {
+        "nesterov": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": False,
+        "decoupled_weight_decay": False,  # torch.optim.SGD has no SGDW
+    }
 
     def __init__(
         self,
@@ -62,17 +70,6 @@ class SGD(RuleOptimizer):
         if convention != "torch":  # torch's convention keeps torch.optim.SGD's param-group keys
             defaults["convention"] = convention
         super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            # Groups loaded from torch.optim.SGD (or an older sgdlab) lack these keys.
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", False)
-            group.setdefault("decoupled_weight_decay", False)
 
     def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {
