@@ -207,7 +207,7 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
         (out / "plots" / name).write_bytes(png)
 
     summary = summary_dict(report)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_nan_to_none) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
 
     header, rows = results_rows(report)
     run_header, run_rows = runs_rows(report)
@@ -228,8 +228,7 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
     (out / "report.md").write_text("\n".join(md))
 
     def img(name: str, alt: str) -> str:
-        data = base64.b64encode(figures[name]).decode()
-        return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
+        return _png_img(figures[name], alt)
 
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sgdlab compare: {html.escape(r.task.name)}</title>
@@ -251,7 +250,13 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
             "plots": out / "plots"}
 
 
-def _nan_to_none(value: Any) -> Any:
+def _png_img(png: bytes, alt: str) -> str:
+    """An <img> with the PNG embedded, so report.html is one self-contained file."""
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _json_default(value: Any) -> Any:
+    """json.dumps fallback: estimates as dicts, NaN/inf as null, anything else as its repr."""
     if isinstance(value, Estimate):
         return value.to_dict()
     if isinstance(value, float) and not math.isfinite(value):

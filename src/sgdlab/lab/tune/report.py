@@ -11,7 +11,6 @@ report.md / report.html in the compare lab's format.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import inspect
@@ -26,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sgdlab.lab import plots
-from sgdlab.lab.report import _CSS, _html_table, _md_table
+from sgdlab.lab.report import _CSS, _html_table, _json_default, _md_table, _png_img
 from sgdlab.lab.runner import RaceResult, run_race
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.stats import Estimate, OptimizerSummary, difference_ci, summarize_optimizer
@@ -455,7 +454,7 @@ def write_tune_report(report: TuneReport, out: str | Path) -> dict[str, Path]:
     def img(name: str, alt: str) -> str:
         if name not in figures:
             return ""
-        return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(figures[name]).decode()}">'
+        return _png_img(figures[name], alt)
 
     esc = html.escape
     page = f"""<!doctype html>
@@ -486,11 +485,3 @@ in <code>tune.json</code>.</p>
     (out / "report.html").write_text(page)
     return {"summary": out / "tune.json", "markdown": out / "report.md", "html": out / "report.html",
             "plots": out / "plots"}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Estimate):
-        return value.to_dict()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return repr(value)
