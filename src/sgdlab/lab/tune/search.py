@@ -35,6 +35,7 @@ import dataclasses
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -449,9 +450,12 @@ def make_objective(setup: SearchSetup, space: SearchSpace, val_task: Task) -> Ca
     return objective
 
 
-def run_worker(setup: SearchSetup, worker: int = 0, callbacks: list[Callable[..., None]] | None = None) -> None:
+def run_worker(
+    setup: SearchSetup, worker: int = 0, callbacks: list[Callable[..., None]] | None = None, start: Any = None
+) -> None:
     """One worker: join the study and run trials until the budget (all workers together) is spent
-    or this worker's ``timeout`` has passed."""
+    or this worker's ``timeout`` has passed. ``start``, a barrier shared by local workers, makes
+    them begin together, so a process that is slow to start still gets its share of trials."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -461,6 +465,11 @@ def run_worker(setup: SearchSetup, worker: int = 0, callbacks: list[Callable[...
     study.set_user_attr(f"worker:{owner['host']}:{owner['pid']}", {"joined": time.time(), "worker": worker})
     space = setup.space()
     val_task = validation_task(setup.task, setup.val_fraction, setup.seed)
+    if start is not None:
+        try:
+            start.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            pass  # a sibling never arrived (it failed to start): go on without it
     counts = count_trials(study)
     remaining = None
     if setup.n_trials is not None:
@@ -473,9 +482,9 @@ def run_worker(setup: SearchSetup, worker: int = 0, callbacks: list[Callable[...
     )
 
 
-def _worker_process(setup: SearchSetup, worker: int) -> None:
+def _worker_process(setup: SearchSetup, worker: int, start: Any) -> None:
     torch.set_num_threads(1)  # N workers share the cores: one thread each
-    run_worker(setup, worker)
+    run_worker(setup, worker, start=start)
 
 
 # --- the search, as the CLI runs it ---------------------------------------------------------------
@@ -529,7 +538,10 @@ def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> 
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
-    processes = [context.Process(target=_worker_process, args=(setup, i), daemon=False) for i in range(workers)]
+    start = context.Barrier(workers)
+    processes = [
+        context.Process(target=_worker_process, args=(setup, i, start), daemon=False) for i in range(workers)
+    ]
     for process in processes:
         process.start()
     try:
