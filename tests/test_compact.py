@@ -119,3 +119,20 @@ def test_invalid_state_dtype_is_rejected_naming_it():
         optimizer.step()
     with pytest.raises(ValueError, match="state_dtype"):
         compact_state(sgdlab.SGD(params, lr=0.1), torch.int8)
+
+
+@pytest.mark.parametrize("cls, options", [
+    (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (sgdlab.AdamW, dict(lr=0.01)),
+], ids=["sgd", "adamw"])
+def test_c_loop_rounds_exactly_like_the_pytorch_program(cls, options, monkeypatch):
+    # The C loop (default on CPU) and the PyTorch program (CUDA, no compiler) draw the same
+    # rounding noise for the same element and step: the stored state is bit for bit the same.
+    _, native = run(cls, options, torch.bfloat16, steps=5)
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+    _, eager = run(cls, options, torch.bfloat16, steps=5)
+    for a, b in zip(native.state.values(), eager.state.values()):
+        for key in a:
+            if key != "step":
+                assert a[key].dtype == torch.bfloat16
+                assert torch.equal(a[key], b[key]), key

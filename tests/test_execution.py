@@ -1,23 +1,27 @@
-"""Execution strategies run the one rule; the grouped (flat) path gives the reference's numbers.
+"""Execution strategies run the one rule; the fast paths give the reference's numbers.
 
 The reference is the per-tensor path (``foreach=False``): one eager rule call per tensor. The
-grouped path runs the same rule, traced once per step, on concatenated small tensors and on big
-tensors in place: eagerly it is bit-identical; compiled by Inductor the optimizer state is
-bit-identical and parameters differ only where eager PyTorch's float32 sqrt is not correctly
-rounded (AVX2 CPUs; Inductor's is), by an ulp of the update.
+grouped path runs the same rule, traced once per step, over the whole group: as one C loop on
+CPU (:mod:`sgdlab.optim.native`), or eagerly / compiled by Inductor on concatenated small tensors
+and on big tensors in place. Eager grouped execution is bit-identical to the reference. The C
+loop and Inductor are bit-identical to the reference run with a correctly rounded float32 sqrt:
+eager PyTorch's vectorized sqrt is not (torch.optim's fused Adam differs from its for-loop Adam
+the same way).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import math
 
 import pytest
 import torch
 
 import sgdlab
 from sgdlab.algorithms import adam, sgd
-from sgdlab.optim import RuleOptimizer, execution, program
+from sgdlab.optim import RuleOptimizer, execution, native, program
 
 # A 0-d tensor, small tensors of several ranks and one tensor above BIG_TENSOR_NUMEL (updated in
 # place rather than concatenated).
@@ -57,21 +61,65 @@ def assert_identical(ours, reference):
         assert torch.equal(a, b)
 
 
+class CorrectlyRoundedOps:
+    """``torch`` with a correctly rounded sqrt (Python's ``math.sqrt`` for float64; float32
+    through float64, which rounds float32 square roots exactly): the arithmetic of the C and
+    Inductor paths."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def sqrt(x):
+        if x.dtype == torch.float32:
+            return torch.sqrt(x.double()).float()
+        exact = [math.sqrt(v) for v in x.reshape(-1).tolist()]
+        return torch.tensor(exact, dtype=x.dtype).reshape(x.shape)
+
+
+@pytest.fixture
+def eager_grouped(monkeypatch):
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+
+
+@pytest.fixture
+def correctly_rounded_reference(monkeypatch):
+    monkeypatch.setattr(execution, "per_tensor",
+                        functools.partial(execution.per_tensor, ops=CorrectlyRoundedOps()))
+
+
+def assert_same_state(opt, ref_opt, params, reference):
+    for p, q in zip(params, reference):
+        for key, value in ref_opt.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("options", list(sgd_options()), ids=str)
-def test_grouped_sgd_is_bit_identical_to_per_tensor(options):
-    grouped, _ = run(sgdlab.SGD, options)
-    reference, _ = run(sgdlab.SGD, {**options, "foreach": False})
+def test_default_sgd_is_bit_identical_to_per_tensor(options, dtype):
+    grouped, opt = run(sgdlab.SGD, options, dtype=dtype)
+    reference, ref_opt = run(sgdlab.SGD, {**options, "foreach": False}, dtype=dtype)
     assert_identical(grouped, reference)
+    assert_same_state(opt, ref_opt, grouped, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cls, options", list(adam_options()), ids=str)
+def test_default_adam_is_bit_identical_to_per_tensor_with_a_correctly_rounded_sqrt(
+    cls, options, dtype, correctly_rounded_reference
+):
+    grouped, opt = run(cls, options, dtype=dtype)
+    reference, ref_opt = run(cls, {**options, "foreach": False}, dtype=dtype)
+    assert_identical(grouped, reference)
+    assert_same_state(opt, ref_opt, grouped, reference)
 
 
 @pytest.mark.parametrize("cls, options", list(adam_options()), ids=str)
-def test_grouped_adam_is_bit_identical_to_per_tensor(cls, options):
+def test_eager_grouped_adam_is_bit_identical_to_per_tensor(cls, options, eager_grouped):
     grouped, opt = run(cls, options)
     reference, ref_opt = run(cls, {**options, "foreach": False})
     assert_identical(grouped, reference)
-    for p, q in zip(grouped, reference):
-        for key, value in ref_opt.state[q].items():
-            assert torch.equal(opt.state[p][key], value), key
+    assert_same_state(opt, ref_opt, grouped, reference)
 
 
 def test_grouped_path_is_taken_by_default(monkeypatch):
@@ -82,7 +130,17 @@ def test_grouped_path_is_taken_by_default(monkeypatch):
     assert taken == [True, True]
 
 
-def test_many_small_tensors_cost_one_program_call(monkeypatch):
+def test_many_small_tensors_cost_one_kernel_call(monkeypatch):
+    calls = []
+    original = native.Plan.run
+    monkeypatch.setattr(native.Plan, "run",
+                        lambda self, *a: (calls.append(self.rows), original(self, *a)))
+    shapes = [(3, 4)] * 50 + [(execution.BIG_TENSOR_NUMEL,)] * 2
+    run(sgdlab.SGD, dict(lr=0.1, momentum=0.9), steps=3, shapes=shapes)
+    assert calls == [52, 52, 52]
+
+
+def test_many_small_tensors_cost_one_eager_program_call(monkeypatch, eager_grouped):
     calls = []
     original = program.eager
 
@@ -173,6 +231,7 @@ def test_checkpoint_from_torch_adamw_continues_identically():
 @pytest.fixture
 def compile_everything(monkeypatch):
     monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")  # Inductor is the fallback of the C path
 
 
 def test_compiled_sgd_is_bit_identical(compile_everything, monkeypatch):

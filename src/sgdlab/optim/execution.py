@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
+from sgdlab.optim import native
+
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
 
@@ -69,14 +71,15 @@ def per_tensor(
     hyperparameters: dict[str, Any],
     *,
     capturable: bool = False,
+    ops: Any = torch,
 ) -> None:
-    """The reference execution: one rule call per tensor, in eager PyTorch."""
+    """The reference execution: one rule call per tensor, in eager PyTorch (``ops``)."""
     for param, grad, state in zip(params, grads, states):
         if torch.is_complex(param):
             _complex_step(rule, param, grad, state, hyperparameters, capturable)
             continue
         new_param, new_state = rule(
-            param, grad, rule_state(state, capturable=capturable), ops=torch, **hyperparameters
+            param, grad, rule_state(state, capturable=capturable), ops=ops, **hyperparameters
         )
         param.copy_(new_param)
         write_back(state, new_state)
@@ -173,6 +176,16 @@ class GroupLayout:
             device = self.params[0].device
             cache[key] = [torch.zeros(2, dtype=dtype, device=device) for dtype in dtypes]
         return cache[key]
+
+    def native_plan(self, buffers: list[Tensor]) -> Any:
+        """The C path's pointer table and chunks (:class:`sgdlab.optim.native.Plan`)."""
+        key = tuple(b.data_ptr() for b in buffers)
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[0] != key:
+            offsets = self.offsets
+            plan = (key, native.Plan(self.numels, offsets, buffers))
+            self._plan = plan
+        return plan[1]
 
     def install(self, key: str, states: list[dict[str, Any]]) -> None:
         for state, view in zip(states, self.views[key]):
@@ -291,6 +304,26 @@ def grouped(
         layout.adopt(key, states)
 
     total = layout.total
+    device = params[0].device
+    tensor_scalars = program.tensor_scalars
+    buffers = [layout.buffers[key] for key in tensor_keys + program.new_keys]
+    # The stochastic rounding's seed: a fresh one every step; the noise of an element is a
+    # hash of seed + its position in the flat state, whichever path runs.
+    seed = 0
+    if compact:
+        layout.seed = getattr(layout, "seed", 0) + 1
+        seed = (layout.seed * 0x632BE5AB) & 0xFFFFFFFF
+    # On CPU the rule runs as one C loop over the whole group (compiling takes a tenth of a
+    # second, once per program text and machine); elsewhere Inductor, or eager PyTorch.
+    if compile is not False and device.type == "cpu" and dtype in native.DTYPES:
+        kernel = native.kernel(program, dtype, 2 + len(buffers))
+        if kernel is not None:
+            plan = layout.native_plan(buffers)
+            plan.run(kernel, params, grads, [float(v) for v in program.scalars],
+                     [float(c.item()) for c in tensor_scalars], seed)
+            _store_results(program, layout, states, counters)
+            return True
+
     use_compiled = compile if compile is not None else total >= COMPILE_MIN_NUMEL
     use_compiled = (
         use_compiled
@@ -298,21 +331,15 @@ def grouped(
         and not _compile_failed
         and programs.worth_compiling(program)
     )
-    device = params[0].device
-    tensor_scalars = program.tensor_scalars
-    if compact:
-        # The rounding seed: different for every step and every slice of the group.
-        layout_seed = getattr(layout, "seed", 0) + 1
-        layout.seed = layout_seed
     function = programs.compiled(program) if use_compiled else programs.eager(program)
     scalars = programs.scalar_inputs(program, device, as_tensor=use_compiled, dtype=dtype)
-    buffers = [layout.buffers[key] for key in tensor_keys + program.new_keys]
 
     def constants(offset: int) -> list[Tensor]:
         if not compact:
             return tensor_scalars
-        seed = (layout_seed * 0x632BE5AB + offset) & 0x3FFFFFFF
-        return [torch.tensor(seed, dtype=torch.int32, device=device), *tensor_scalars[1:]]
+        call_seed = (seed + offset) & 0xFFFFFFFF
+        call_seed -= (call_seed >> 31) << 32  # as a signed int32: PyTorch's int32 wraps alike
+        return [torch.tensor(call_seed, dtype=torch.int32, device=device), *tensor_scalars[1:]]
 
     def call(t: list[Tensor], offset: int) -> None:
         c = constants(offset)

@@ -49,6 +49,10 @@ class _Tracer:
         self.lines: list[str] = []
         self.scalars: list[int | float] = []
         self.tensor_scalars: list[Tensor] = []
+        # The same lines, structured: (result, operation, operands), for other code generators
+        # (:mod:`sgdlab.optim.native`). Operands are names (``x0``, ``v3``, ``s[1]``, ``c[0]``)
+        # or, for a constant exponent, the literal.
+        self.nodes: list[tuple[str, str, tuple[Any, ...]]] = []
         self._count = 0
 
     def operand(self, value: Any) -> str:
@@ -66,10 +70,11 @@ class _Tracer:
             return f"c[{len(self.tensor_scalars) - 1}]"
         raise TraceError(f"unsupported operand {type(value).__name__}")
 
-    def emit(self, expression: str) -> Lazy:
+    def emit(self, expression: str, operation: str, operands: tuple[Any, ...]) -> Lazy:
         name = f"v{self._count}"
         self._count += 1
         self.lines.append(f"    {name} = {expression}")
+        self.nodes.append((name, operation, operands))
         return Lazy(self, name)
 
 
@@ -93,31 +98,35 @@ class Lazy:
             return getattr(args[1], _REFLECTED[name])(args[0])
         raise TraceError(f"torch.{name} called on a traced value (not through ops)")
 
-    def _binary(self, other: Any, template: str) -> Lazy:
-        return self._tracer.emit(template.format(a=self._name, b=self._tracer.operand(other)))
+    def _binary(self, other: Any, symbol: str, *, reflected: bool = False) -> Lazy:
+        a, b = self._name, self._tracer.operand(other)
+        if reflected:
+            a, b = b, a
+        return self._tracer.emit(f"{a} {symbol} {b}", symbol, (a, b))
 
-    def __add__(self, other): return self._binary(other, "{a} + {b}")
-    def __radd__(self, other): return self._binary(other, "{b} + {a}")
-    def __sub__(self, other): return self._binary(other, "{a} - {b}")
-    def __rsub__(self, other): return self._binary(other, "{b} - {a}")
-    def __mul__(self, other): return self._binary(other, "{a} * {b}")
-    def __rmul__(self, other): return self._binary(other, "{b} * {a}")
-    def __truediv__(self, other): return self._binary(other, "{a} / {b}")
-    def __rtruediv__(self, other): return self._binary(other, "{b} / {a}")
-    def __lt__(self, other): return self._binary(other, "{a} < {b}")
-    def __le__(self, other): return self._binary(other, "{a} <= {b}")
-    def __gt__(self, other): return self._binary(other, "{a} > {b}")
-    def __ge__(self, other): return self._binary(other, "{a} >= {b}")
-    def __neg__(self): return self._tracer.emit(f"-{self._name}")
-    def __abs__(self): return self._tracer.emit(f"torch.abs({self._name})")
+    def __add__(self, other): return self._binary(other, "+")
+    def __radd__(self, other): return self._binary(other, "+", reflected=True)
+    def __sub__(self, other): return self._binary(other, "-")
+    def __rsub__(self, other): return self._binary(other, "-", reflected=True)
+    def __mul__(self, other): return self._binary(other, "*")
+    def __rmul__(self, other): return self._binary(other, "*", reflected=True)
+    def __truediv__(self, other): return self._binary(other, "/")
+    def __rtruediv__(self, other): return self._binary(other, "/", reflected=True)
+    def __lt__(self, other): return self._binary(other, "<")
+    def __le__(self, other): return self._binary(other, "<=")
+    def __gt__(self, other): return self._binary(other, ">")
+    def __ge__(self, other): return self._binary(other, ">=")
+    def __neg__(self): return self._tracer.emit(f"-{self._name}", "neg", (self._name,))
+    def __abs__(self): return self._tracer.emit(f"torch.abs({self._name})", "abs", (self._name,))
 
     def __pow__(self, other):
         # A constant exponent stays a literal: ``x ** 2`` must stay x*x, as in eager PyTorch.
         if isinstance(other, (int, float)) and not isinstance(other, bool):
-            return self._tracer.emit(f"{self._name} ** {other!r}")
-        return self._binary(other, "{a} ** {b}")
+            return self._tracer.emit(f"{self._name} ** {other!r}", "pow_literal",
+                                     (self._name, other))
+        return self._binary(other, "**")
 
-    def __rpow__(self, other): return self._binary(other, "{b} ** {a}")
+    def __rpow__(self, other): return self._binary(other, "**", reflected=True)
 
     def __bool__(self) -> bool:
         raise TraceError("the rule branches on tensor values")
@@ -144,8 +153,8 @@ class _Ops:
             raise TraceError(f"ops.{name} is not an elementwise operation")
 
         def call(*args: Any) -> Lazy:
-            operands = ", ".join(self._tracer.operand(a) for a in args)
-            return self._tracer.emit(f"torch.{name}({operands})")
+            operands = tuple(self._tracer.operand(a) for a in args)
+            return self._tracer.emit(f"torch.{name}({', '.join(operands)})", name, operands)
 
         return call
 
@@ -176,6 +185,11 @@ class Program:
     tensor_scalars: list[Tensor]
     new_keys: list[str]  # state entries the rule creates (need buffers before the run)
     numbers: dict[str, Any] = field(default_factory=dict)  # non-tensor state results (step)
+    # The structure behind ``source``: the operations in order, and which value each output
+    # slot of ``t`` receives (state entries first, the parameter, slot 0, last).
+    nodes: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
+    outputs: list[tuple[int, str]] = field(default_factory=list)
+    compact: bool = False
 
 
 def trace(
@@ -213,6 +227,7 @@ def trace(
         raise TraceError(f"{type(error).__name__}: {error}") from error
 
     writes: list[str] = []
+    outputs: list[tuple[int, str]] = []
     new_keys: list[str] = []
     results: dict[str, Any] = {}
     slot = {key: i for i, key in enumerate(state_keys, start=2)}
@@ -224,6 +239,7 @@ def trace(
             index = slot[key]
             stored = f"round_to_bfloat16({value._name}, c[0])" if compact else value._name
             writes.append(f"    t[{index}].copy_({stored})")
+            outputs.append((index, value._name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             results[key] = value
         elif value is None and key not in slot:
@@ -235,8 +251,10 @@ def trace(
     # State first: a state entry that is the bare input parameter must see its old value.
     if new_param is not param:
         writes.append(f"    t[0].copy_({new_param._name})")
+        outputs.append((0, new_param._name))
     source = "\n".join(["def program(t, s, c):", *reads, *tracer.lines, *writes])
-    return Program(source, tracer.scalars, tracer.tensor_scalars, new_keys, results)
+    return Program(source, tracer.scalars, tracer.tensor_scalars, new_keys, results,
+                   tracer.nodes, outputs, compact)
 
 
 # --- running a program ------------------------------------------------------------------------------
