@@ -42,6 +42,16 @@ class RuleOptimizer(Optimizer):
             for key, value in self.group_defaults.items():
                 group.setdefault(key, value)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch.optim casts every state tensor to the parameter's dtype; 8-bit codes (an entry
+        # with block scales beside it) are integers 0..255, cast back exactly.
+        for state in self.state.values():
+            for key in list(state):
+                scales = state.get(key + ".absmax")
+                if scales is not None and state[key].dtype != torch.uint8:
+                    state[key] = state[key].to(torch.uint8)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         # Each group is checked with its own values, not only the defaults (torch.optim checks the

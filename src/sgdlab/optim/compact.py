@@ -21,13 +21,16 @@ import torch
 
 from sgdlab.optim.base import RuleOptimizer
 
-STATE_DTYPES = (torch.bfloat16,)
+STATE_DTYPES = (torch.bfloat16, torch.uint8)
 
 
 def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16) -> RuleOptimizer:
     """Store ``optimizer``'s tensor state in ``dtype`` from the next step on; returns it."""
     if dtype not in STATE_DTYPES:
-        raise ValueError(f"Invalid state_dtype: {dtype!r} (supported: torch.bfloat16)")
+        raise ValueError(
+            f"Invalid state_dtype: {dtype!r} (supported: torch.bfloat16; torch.uint8 for 8-bit "
+            "blockwise-quantized state)"
+        )
     if not isinstance(optimizer, RuleOptimizer):
         raise TypeError(f"compact_state needs an sgdlab optimizer, got {type(optimizer).__name__}")
     for group in optimizer.param_groups:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from sgdlab.optim import native
+from sgdlab.optim import native, quantized
 
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -120,7 +120,8 @@ COMPILED_DTYPES = (torch.float32, torch.float64)
 # Large tensors per compiled call: the Python-side cost of a compiled call (guards, wrappers:
 # 50 us on an idle core, much more on a busy one) is paid once per this many tensors.
 BATCH_SLOTS = 8
-COMPACT_DTYPES = (torch.bfloat16,)
+# Compact state storage: bfloat16, or torch.uint8 for 8-bit blockwise codes (optim.quantized).
+COMPACT_DTYPES = (torch.bfloat16, torch.uint8)
 
 _compile_failed: list[str] = []
 
@@ -138,24 +139,46 @@ class GroupLayout:
                  storage: torch.dtype) -> None:
         self.params = params
         numels = [p.numel() for p in params]
-        self.small = [i for i, n in enumerate(numels) if n < BIG_TENSOR_NUMEL]
-        self.big = [i for i, n in enumerate(numels) if n >= BIG_TENSOR_NUMEL]
+        # 8-bit state is kept in blocks that never straddle two tensors: every tensor starts on
+        # a block boundary and is updated on its own (no concatenation of small tensors).
+        self.quantized = storage == torch.uint8
+        align = quantized.BLOCK if self.quantized else 1
+        threshold = 0 if self.quantized else BIG_TENSOR_NUMEL
+        self.small = [i for i, n in enumerate(numels) if n < threshold]
+        self.big = [i for i, n in enumerate(numels) if n >= threshold]
         self.offsets = [0] * len(params)
         offset = 0
         for i in self.small + self.big:
             self.offsets[i] = offset
-            offset += numels[i]
+            offset += -(-numels[i] // align) * align
         self.numels = numels
         self.total = offset
         self.small_numel = sum(numels[i] for i in self.small)
         self.storage = storage
         self.buffers: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
+        self.scales: dict[str, Tensor] = {}  # 8-bit state: one float32 scale per block
+        self.scale_views: dict[str, list[Tensor]] = {}
         for key in keys:
             self.adopt(key, states)
             for i, state in enumerate(states):
-                self.views[key][i].copy_(state[key])
-                state[key] = self.views[key][i]
+                self._take(key, i, state)
+            self.install(key, states)
+
+    def _take(self, key: str, i: int, state: dict[str, Any]) -> None:
+        """Copy an existing state entry into this layout's storage, converting its format."""
+        value, scales = state[key], state.pop(key + quantized.SUFFIX, None)
+        if scales is not None and not self.quantized:  # 8-bit state, now stored wider
+            value = quantized.decode(value.reshape(-1).to(torch.uint8), scales).view(value.shape)
+        if not self.quantized:
+            self.views[key][i].copy_(value)
+        elif scales is not None:  # already 8-bit (torch's load_state_dict made codes floats)
+            self.views[key][i].copy_(value.to(torch.uint8))
+            self.scale_views[key][i].copy_(scales)
+        else:
+            codes, new_scales = quantized.encode(value.reshape(-1).float(), 0, self.offsets[i])
+            self.views[key][i].copy_(codes.view(value.shape))
+            self.scale_views[key][i].copy_(new_scales)
 
     def adopt(self, key: str, states: list[dict[str, Any]]) -> Tensor:
         """Allocate the flat buffer for ``key`` (views are installed by the caller)."""
@@ -166,6 +189,14 @@ class GroupLayout:
             buffer[self.offsets[i]: self.offsets[i] + n].view(p.shape)
             for i, (p, n) in enumerate(zip(self.params, self.numels))
         ]
+        if self.quantized:
+            block = quantized.BLOCK
+            scales = torch.zeros(self.total // block, dtype=torch.float32, device=first.device)
+            self.scales[key] = scales
+            self.scale_views[key] = [
+                scales[self.offsets[i] // block: self.offsets[i] // block + -(-n // block)]
+                for i, n in enumerate(self.numels)
+            ]
         return buffer
 
     def scratch(self, dtypes: list[torch.dtype]) -> list[Tensor]:
@@ -177,19 +208,24 @@ class GroupLayout:
             cache[key] = [torch.zeros(2, dtype=dtype, device=device) for dtype in dtypes]
         return cache[key]
 
-    def native_plan(self, buffers: list[Tensor]) -> Any:
+    def native_plan(self, keys: list[str]) -> Any:
         """The C path's pointer table and chunks (:class:`sgdlab.optim.native.Plan`)."""
-        key = tuple(b.data_ptr() for b in buffers)
+        buffers = [self.buffers[key] for key in keys]
+        scales = [self.scales[key] for key in keys] if self.quantized else []
+        pointers = tuple(b.data_ptr() for b in buffers + scales)
         plan = self.__dict__.get("_plan")
-        if plan is None or plan[0] != key:
-            offsets = self.offsets
-            plan = (key, native.Plan(self.numels, offsets, buffers))
+        if plan is None or plan[0] != pointers:
+            plan = (pointers, native.Plan(self.numels, self.offsets, buffers, scales,
+                                          quantized.BLOCK))
             self._plan = plan
         return plan[1]
 
     def install(self, key: str, states: list[dict[str, Any]]) -> None:
         for state, view in zip(states, self.views[key]):
             state[key] = view
+        if self.quantized:
+            for state, view in zip(states, self.scale_views[key]):
+                state[key + quantized.SUFFIX] = view
 
     def matches(self, params: list[Tensor], states: list[dict[str, Any]], keys: list[str],
                 storage: torch.dtype) -> bool:
@@ -201,6 +237,10 @@ class GroupLayout:
             views = self.views.get(key)
             if views is None or any(s.get(key) is not v for s, v in zip(states, views)):
                 return False
+            if self.quantized:
+                side, views = key + quantized.SUFFIX, self.scale_views[key]
+                if any(s.get(side) is not v for s, v in zip(states, views)):
+                    return False
         return True
 
 
@@ -245,7 +285,8 @@ def grouped(
 
     All parameters must share device and dtype (:func:`grouped_supported`). ``compile=None``
     compiles groups of at least ``COMPILE_MIN_NUMEL`` elements. ``state_dtype`` stores the
-    rule's tensor state in a compact dtype (bfloat16, rounded stochastically). Returns False,
+    rule's tensor state in a compact format: bfloat16, or ``torch.uint8`` for 8-bit blockwise
+    codes (:mod:`sgdlab.optim.quantized`), both rounded stochastically. Returns False,
     having changed nothing, when the rule or the state cannot be run this way; the caller then
     uses :func:`per_tensor`.
     """
@@ -256,16 +297,20 @@ def grouped(
     if compact and (state_dtype not in COMPACT_DTYPES or dtype != torch.float32):
         raise ValueError(
             f"Invalid state_dtype: {state_dtype} for {dtype} parameters "
-            "(supported: torch.bfloat16 state for float32 parameters)"
+            "(supported for float32 parameters: torch.bfloat16, or torch.uint8 for 8-bit "
+            "blockwise-quantized state)"
         )
     storage = state_dtype if compact else dtype
+    eight_bit = storage == torch.uint8
 
     # Classify the state: counters are numbers shared by the group, the rest tensors like the
     # parameter. Anything else (a parameter that joined late, a foreign entry) is per-tensor work.
     keyset = states[0].keys()
     if any(state.keys() != keyset for state in states):
         return False
-    tensor_keys = sorted(key for key in keyset if key not in COUNTERS)
+    # 8-bit entries come with their block scales (``key + ".absmax"``): part of the entry.
+    tensor_keys = sorted(key for key in keyset
+                         if key not in COUNTERS and not key.endswith(quantized.SUFFIX))
     numbers: dict[str, Any] = {}
     counters: dict[str, list[Any]] = {}
     for key in sorted(key for key in keyset if key in COUNTERS):
@@ -285,14 +330,16 @@ def grouped(
         for key in tensor_keys:
             for state, param in zip(states, params):
                 value = state[key]
+                codes = key + quantized.SUFFIX in state
                 if not (isinstance(value, Tensor) and value.shape == param.shape
-                        and value.device == param.device and value.dtype in (dtype, storage)):
+                        and value.device == param.device
+                        and (value.dtype in (dtype, storage) or codes)):
                     return False
 
     try:
         program = programs.trace(
             rule, tensor_keys, numbers, hyperparameters,
-            compact=compact,
+            compact=compact and not eight_bit,  # 8-bit codes are decoded around the program
         )
     except programs.TraceError:
         return False
@@ -306,7 +353,8 @@ def grouped(
     total = layout.total
     device = params[0].device
     tensor_scalars = program.tensor_scalars
-    buffers = [layout.buffers[key] for key in tensor_keys + program.new_keys]
+    all_keys = tensor_keys + program.new_keys
+    buffers = [layout.buffers[key] for key in all_keys]
     # The stochastic rounding's seed: a fresh one every step; the noise of an element is a
     # hash of seed + its position in the flat state, whichever path runs.
     seed = 0
@@ -316,9 +364,9 @@ def grouped(
     # On CPU the rule runs as one C loop over the whole group (compiling takes a tenth of a
     # second, once per program text and machine); elsewhere Inductor, or eager PyTorch.
     if compile is not False and device.type == "cpu" and dtype in native.DTYPES:
-        kernel = native.kernel(program, dtype, 2 + len(buffers))
+        kernel = native.kernel(program, dtype, 2 + len(buffers), quantized=eight_bit)
         if kernel is not None:
-            plan = layout.native_plan(buffers)
+            plan = layout.native_plan(all_keys)
             plan.run(kernel, params, grads, [float(v) for v in program.scalars],
                      [float(c.item()) for c in tensor_scalars], seed)
             _store_results(program, layout, states, counters)
@@ -333,6 +381,11 @@ def grouped(
     )
     function = programs.compiled(program) if use_compiled else programs.eager(program)
     scalars = programs.scalar_inputs(program, device, as_tensor=use_compiled, dtype=dtype)
+
+    if eight_bit:
+        _eight_bit_steps(function, scalars, program, layout, params, grads, all_keys, seed)
+        _store_results(program, layout, states, counters)
+        return True
 
     def constants(offset: int) -> list[Tensor]:
         if not compact:
@@ -387,6 +440,27 @@ def grouped(
             call(t, offset)
     _store_results(program, layout, states, counters)
     return True
+
+
+def _eight_bit_steps(function, scalars, program, layout, params, grads, keys, seed) -> None:
+    """8-bit state without the C loop (CUDA, no compiler): tensor by tensor, decode the state
+    to float32, run the float program, encode what it wrote."""
+    block = quantized.BLOCK
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        offset, n = layout.offsets[i], layout.numels[i]
+        scale_slice = slice(offset // block, offset // block + -(-n // block))
+        values = [
+            quantized.decode(layout.buffers[key][offset: offset + n], layout.scales[key][scale_slice])
+            for key in keys
+        ]
+        function([param.view(-1), grad.view(-1), *values], scalars, program.tensor_scalars)
+        for slot, _ in program.outputs:
+            if slot >= 2:
+                key = keys[slot - 2]
+                codes, scales = quantized.encode(values[slot - 2],
+                                                 quantized.entry_seed(seed, slot), offset)
+                layout.buffers[key][offset: offset + n].copy_(codes)
+                layout.scales[key][scale_slice].copy_(scales)
 
 
 def _give_up_compiling(error: Exception) -> None:

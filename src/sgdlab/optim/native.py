@@ -77,14 +77,20 @@ class Unsupported(Exception):
     """The program uses something this code generator does not print."""
 
 
-def c_source(program: Program, dtype: torch.dtype, n_tensors: int) -> str:
-    """The C text of ``program`` for parameters of ``dtype`` (raises :class:`Unsupported`)."""
+def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
+             quantized: bool = False) -> str:
+    """The C text of ``program`` for parameters of ``dtype`` (raises :class:`Unsupported`).
+
+    ``quantized``: the state is 8-bit codes with a scale per block (:mod:`sgdlab.optim.quantized`);
+    each row then also holds the state entries' scale pointers, after the tensors."""
     if dtype not in DTYPES:
         raise Unsupported(f"dtype {dtype}")
+    if quantized and (dtype != torch.float32 or program.compact):
+        raise Unsupported("8-bit state needs float32 parameters")
     ctype = DTYPES[dtype]
     math = _MATH[ctype]
     compact = program.compact
-    state_type = "uint16_t" if compact else "real"
+    state_type = "uint8_t" if quantized else "uint16_t" if compact else "real"
     types: dict[str, str] = {}  # value name -> "real" or "int" (comparisons)
 
     def operand(name: Any) -> str:
@@ -99,7 +105,8 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int) -> str:
     lines = ["    real x0 = t0[i];", "    real x1 = t1[i];"]
     types["x0"] = types["x1"] = "real"
     for k in range(2, n_tensors):
-        load = f"bf16_load(t{k}[i])" if compact else f"t{k}[i]"
+        load = (f"q8_decode(t{k}[i], scale{k})" if quantized
+                else f"bf16_load(t{k}[i])" if compact else f"t{k}[i]")
         lines.append(f"    real x{k} = {load};")
         types[f"x{k}"] = "real"
     for name, op, args in program.nodes:
@@ -146,7 +153,9 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int) -> str:
     for slot, name in program.outputs:
         if types.get(name) != "real":
             raise Unsupported(f"output {name}")
-        if compact and slot >= 2:
+        if quantized and slot >= 2:
+            lines.append(f"    out{slot}[i - b0] = {name};")
+        elif compact and slot >= 2:
             lines.append(f"    t{slot}[i] = bf16_store({name}, seed + (uint32_t)(offset + i));")
         else:
             lines.append(f"    t{slot}[i] = {name};")
@@ -156,6 +165,8 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int) -> str:
         f"({'real' if k < 2 else state_type}*)row[{k}];"
         for k in range(n_tensors)
     )
+    if quantized:
+        return _quantized_source(program, ctype, n_tensors, pointers, lines)
     body = "\n".join("        " + line for line in lines)
     return (
         _PRELUDE.replace("TYPE", ctype)
@@ -172,6 +183,57 @@ void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const
 {pointers}
         for (int64_t i = lo; i < hi; i++) {{
 {body}
+        }}
+    }}
+}}
+"""
+    )
+
+
+def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: str,
+                      lines: list[str]) -> str:
+    # Block by block: decode with the block's old scales, run the rule, keep the new state
+    # values of the block in float, then encode each written entry with its new scale.
+    from sgdlab.optim.quantized import BLOCK, C_CODEC
+
+    written = [slot for slot, _ in program.outputs if slot >= 2]
+    scales = "\n".join(
+        f"        float* restrict q{k} = (float*)row[{n_tensors + k - 2}];"
+        for k in range(2, n_tensors)
+    )
+    block_scales = "\n".join(f"            float scale{k} = q{k}[block];"
+                              for k in range(2, n_tensors))
+    outs = "\n".join(f"            float out{k}[Q8_BLOCK];" for k in written)
+    encodes = "\n".join(
+        f"            q8_encode(out{k}, b1 - b0, t{k} + b0, &q{k}[block], "
+        f"seed + {k}u * 0x9E3779B9u, offset + b0);"
+        for k in written
+    )
+    body = "\n".join("            " + line for line in lines)
+    return (
+        _PRELUDE.replace("TYPE", ctype) + C_CODEC
+        + f"""
+/* {n_tensors} tensors per row (parameter, gradient, 8-bit state entries), then the entries'
+   block scales. Chunks start on block boundaries. */
+void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const* rows,
+                 const int64_t* offsets, const real* s, const double* c, uint32_t seed)
+{{
+    (void)c;
+    for (int64_t k = first; k < last; k++) {{
+        int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
+        void* const* row = rows + {2 * n_tensors - 2} * row_index;
+        int64_t offset = offsets[row_index];
+{pointers}
+{scales}
+        for (int64_t b0 = lo; b0 < hi; b0 += {BLOCK}) {{
+            int64_t b1 = b0 + {BLOCK} < hi ? b0 + {BLOCK} : hi;
+            int64_t block = b0 / {BLOCK};
+{block_scales}
+{outs}
+            for (int64_t i = b0; i < b1; i++) {{
+{body}
+            }}
+{encodes}
         }}
     }}
 }}
@@ -240,16 +302,18 @@ class Kernel:
         ]
 
 
-def kernel(program: Program, dtype: torch.dtype, n_tensors: int) -> Kernel | None:
+def kernel(program: Program, dtype: torch.dtype, n_tensors: int, *,
+           quantized: bool = False) -> Kernel | None:
     """The compiled kernel of ``program``, or None where this path is not available."""
     if _unavailable or os.environ.get("SGDLAB_NATIVE", "1") == "0":
         return None
-    key = f"{dtype}\n{n_tensors}\n{program.source}"
+    key = f"{dtype}\n{n_tensors}\n{quantized}\n{program.source}"
     with _lock:
         if key in _kernels:
             return _kernels[key]
         try:
-            found: Kernel | None = Kernel(_compile(c_source(program, dtype, n_tensors)), dtype)
+            source = c_source(program, dtype, n_tensors, quantized=quantized)
+            found: Kernel | None = Kernel(_compile(source), dtype)
         except Unsupported:
             found = None
         except OSError as error:  # a library that cannot be loaded: do not try again
@@ -285,7 +349,8 @@ class Plan:
     """What a step needs besides the parameters and gradients, built once per layout: the chunk
     table, each row's offset in the flat state and the state buffers' pointers."""
 
-    def __init__(self, numels: list[int], offsets: list[int], state_buffers: list[torch.Tensor]):
+    def __init__(self, numels: list[int], offsets: list[int], state_buffers: list[torch.Tensor],
+                 scale_buffers: list[torch.Tensor] = (), block: int = 1) -> None:
         self.rows = len(numels)
         chunks: list[int] = []
         for row, n in enumerate(numels):
@@ -299,9 +364,10 @@ class Plan:
         self.total = sum(numels)
         self.state_pointers = [
             [buffer.data_ptr() + offset * buffer.element_size() for buffer in state_buffers]
+            + [scales.data_ptr() + offset // block * scales.element_size()
+               for scales in scale_buffers]
             for offset in offsets
         ]
-        self.width = 2 + len(state_buffers)
         self._splits: dict[int, list[tuple[int, int]]] = {}
 
     def splits(self, threads: int) -> list[tuple[int, int]]:
