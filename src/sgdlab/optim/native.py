@@ -201,7 +201,7 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
         f"        float* restrict q{k} = (float*)row[{n_tensors + k - 2}];"
         for k in range(2, n_tensors)
     )
-    block_scales = "\n".join(f"            float scale{k} = q{k}[block];"
+    block_scales = "\n".join(f"            q8_block scale{k} = q8_block_of(q{k}[block]);"
                               for k in range(2, n_tensors))
     outs = "\n".join(f"            float out{k}[Q8_BLOCK];" for k in written)
     encodes = "\n".join(
@@ -211,7 +211,7 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     )
     body = "\n".join("            " + line for line in lines)
     return (
-        _PRELUDE.replace("TYPE", ctype) + C_CODEC
+        _PRELUDE.replace("TYPE", ctype) + C_CODEC.replace("Q8_BLOCK_SIZE", str(BLOCK))
         + f"""
 /* {n_tensors} tensors per row (parameter, gradient, 8-bit state entries), then the entries'
    block scales. Chunks start on block boundaries. */

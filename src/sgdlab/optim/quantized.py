@@ -89,23 +89,32 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
 
 # The same codec, element by element, for sgdlab.optim.native's loop.
 C_CODEC = r"""
-#define Q8_BLOCK 256
-static inline float q8_decode(uint8_t code, float scale) {
-    uint32_t c = code, bits; float y;
-    if (signbit(scale)) {
-        uint32_t e = c >> 3;
-        bits = ((e + 96u) << 23) | ((c & 7u) << 20);
-        memcpy(&y, &bits, 4);
-        if (e == 0) y = 0.0f;
-        return y * y * fabsf(scale);
-    }
-    uint32_t e = (c >> 3) & 15u;
-    bits = ((c >> 7) << 31) | ((e + 112u) << 23) | ((c & 7u) << 20);
-    memcpy(&y, &bits, 4);
-    if (e == 0) y = 0.0f;
-    return y * scale;
+#define Q8_BLOCK Q8_BLOCK_SIZE
+/* A block's decoding constants: its code type is fixed per block, so the per-element decode is
+   straight-line integer and float arithmetic (no branches: the compiler vectorizes the loop). */
+typedef struct { uint32_t exponent_mask, exponent_bias, sign_mask, square_mask; float scale; } q8_block;
+static inline q8_block q8_block_of(float scale) {
+    q8_block b;
+    int nonnegative = signbit(scale) != 0;
+    b.exponent_mask = nonnegative ? 31u : 15u;
+    b.exponent_bias = nonnegative ? 96u : 112u;  /* 127 - 31, 127 - 15 */
+    b.sign_mask = nonnegative ? 0u : 1u;
+    b.square_mask = nonnegative ? 0xFFFFFFFFu : 0u;
+    b.scale = nonnegative ? fabsf(scale) : scale;
+    return b;
 }
-static void q8_encode(const float* x, int64_t n, uint8_t* codes, float* scale_out,
+static inline float q8_decode(uint8_t code, q8_block b) {
+    uint32_t c = code;
+    uint32_t e = (c >> 3) & b.exponent_mask;
+    uint32_t bits = (((c >> 7) & b.sign_mask) << 31) | ((e + b.exponent_bias) << 23) | ((c & 7u) << 20);
+    bits &= 0u - (uint32_t)(e != 0);                                   /* exponent 0: zero */
+    uint32_t factor_bits = (bits & b.square_mask) | (0x3F800000u & ~b.square_mask);  /* y or 1 */
+    float y, factor;
+    memcpy(&y, &bits, 4);
+    memcpy(&factor, &factor_bits, 4);
+    return y * factor * b.scale;
+}
+static inline __attribute__((always_inline)) void q8_encode(const float* x, int64_t n, uint8_t* codes, float* scale_out,
                       uint32_t seed, int64_t position) {
     uint32_t amax_bits = 0, signs = 0;
     for (int64_t j = 0; j < n; j++) {
