@@ -1,4 +1,4 @@
-"""Does bfloat16 optimizer state train as well as float32 state?
+"""Does compact (bfloat16 or 8-bit) optimizer state train as well as float32 state?
 
 Same task, same seeds, same hyperparameters; the only difference is ``state_dtype``. Prints final
 train loss and test accuracy per seed and their mean and standard deviation, side by side.
@@ -58,10 +58,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = get_task(args.task)
-    results: dict[str, list[dict]] = {"float32": [], "bfloat16": []}
+    formats = (("float32", None), ("bfloat16", torch.bfloat16), ("8-bit", torch.uint8))
+    results: dict[str, list[dict]] = {name: [] for name, _ in formats}
     start = time.time()
     for seed in range(args.seeds):
-        for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        for name, dtype in formats:
             results[name].append(train(task, args.optimizer, dtype, seed, args.epochs))
         print(f"seed {seed}: " + "  ".join(
             f"{name} loss {results[name][-1]['train_loss']:.4f} "

@@ -136,3 +136,151 @@ def test_c_loop_rounds_exactly_like_the_pytorch_program(cls, options, monkeypatc
             if key != "step":
                 assert a[key].dtype == torch.bfloat16
                 assert torch.equal(a[key], b[key]), key
+
+
+# --- 8-bit blockwise-quantized state (state_dtype=torch.uint8) ------------------------------------
+from sgdlab.optim import quantized  # noqa: E402
+
+# A tensor above the C loop's chunk size and several with partial last blocks.
+EIGHT_BIT_SHAPES = [(7,), (300, 3), (70_001,)]
+
+
+def run_shapes(cls, options, state_dtype, shapes, steps=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    group = {"params": params}
+    if state_dtype is not None:
+        group["state_dtype"] = state_dtype
+    optimizer = cls([group], **options)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        optimizer.step()
+    return params, optimizer
+
+
+EIGHT_BIT_CASES = [
+    (sgdlab.SGD, dict(lr=0.01, momentum=0.9)),
+    (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    (sgdlab.AdamW, dict(lr=0.01)),
+    (sgdlab.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.01)),
+]
+ids = ["sgd", "sgd-nesterov-wd", "adamw", "adam-amsgrad-l2"]
+
+
+@pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
+def test_eight_bit_state_is_codes_and_block_scales_a_quarter_of_the_bytes(cls, options):
+    params, compact = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES, steps=2)
+    _, full = run_shapes(cls, options, None, EIGHT_BIT_SHAPES, steps=2)
+    for p in params:
+        state = compact.state[p]
+        for key in [k for k in state if k != "step" and not k.endswith(quantized.SUFFIX)]:
+            assert state[key].dtype == torch.uint8 and state[key].shape == p.shape
+            scales = state[key + quantized.SUFFIX]
+            assert scales.dtype == torch.float32
+            assert scales.numel() == -(-p.numel() // quantized.BLOCK)
+
+    def tensor_bytes(opt):
+        return sum(v.nbytes for s in opt.state.values() for k, v in s.items() if k != "step")
+
+    ratio = tensor_bytes(compact) / tensor_bytes(full)
+    assert 0.25 < ratio < 0.25 * (1 + 4 / quantized.BLOCK) + 0.01
+
+
+@pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
+def test_eight_bit_c_loop_and_pytorch_codec_store_the_same_bits(cls, options, monkeypatch):
+    params, native = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES)
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+    _, reference = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES)
+    for a, b in zip(native.state.values(), reference.state.values()):
+        for key in a:
+            if key != "step":
+                assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
+def test_eight_bit_state_follows_the_float32_trajectory(cls, options):
+    shapes = [(20, 10), (3000,)]
+    compact, _ = run_shapes(cls, options, torch.uint8, shapes, steps=30)
+    full, _ = run_shapes(cls, options, None, shapes, steps=30)
+    start, _ = run_shapes(cls, options, None, shapes, steps=0)
+    for a, b, a0 in zip(compact, full, start):
+        # 3 mantissa bits (up to 12.5 % error per stored value, unbiased): after 30 steps of
+        # random gradients the two runs differ by about 6 % of the distance travelled.
+        travelled = (b - a0).abs().mean().item()
+        assert (a - b).abs().mean().item() < 0.12 * travelled
+
+
+def test_codec_round_trip_is_unbiased_and_within_a_mantissa_step():
+    x = torch.randn(4096) * torch.logspace(-3, 0, 4096)
+    decoded = torch.stack([quantized.decode(*quantized.encode(x, seed, 0)) for seed in range(64)])
+    # 3 mantissa bits; magnitudes below 2^-14 of the block's largest are flushed to zero.
+    floor = x.abs().max() * 2**-14
+    assert ((decoded - x).abs() <= 0.125 * x.abs() * 1.0001 + floor).all()
+    # Stochastic rounding: the mean over seeds converges to x (relative error ~ 0.06 / sqrt(64)).
+    assert ((decoded.mean(0) - x).abs() / x.abs()).median() < 0.01
+
+
+def test_tiny_second_moments_in_a_block_are_not_flushed_to_zero():
+    # Adam divides by sqrt(v): a v flushed to zero would turn its step into lr * m / eps.
+    v = torch.full((quantized.BLOCK,), 1e-16)
+    v[0] = 1.0  # a block-mate 10^16 times larger
+    codes, scales = quantized.encode(v, 0, 0)
+    assert scales[0] < 0  # marked nonnegative: stored in the square-root domain
+    decoded = quantized.decode(codes, scales)
+    assert (decoded[1:] > 0).all()
+    torch.testing.assert_close(decoded[1:], v[1:], rtol=0.3, atol=0)
+
+
+def test_eight_bit_state_dict_round_trips_exactly_and_training_continues():
+    options = dict(lr=0.01, weight_decay=0.01)
+    params, optimizer = run_shapes(sgdlab.AdamW, options, torch.uint8, EIGHT_BIT_SHAPES)
+    saved = copy.deepcopy(optimizer.state_dict())
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = sgdlab.AdamW([{"params": clone, "state_dtype": torch.uint8}], **options)
+    restored.load_state_dict(saved)
+    for p, q in zip(params, clone):
+        for key, value in optimizer.state[p].items():
+            assert restored.state[q][key].dtype == value.dtype
+            assert torch.equal(restored.state[q][key], value), key
+    g = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        for p, q in zip(params, clone):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        restored.step()
+    # The restored optimizer draws fresh rounding noise: close to the original run, not equal.
+    for p, q in zip(params, clone):
+        torch.testing.assert_close(p, q, rtol=0, atol=0.01 * 3)
+
+
+def test_an_eight_bit_checkpoint_loads_into_a_float32_optimizer():
+    params, optimizer = run_shapes(sgdlab.SGD, dict(lr=0.01, momentum=0.9), torch.uint8,
+                                   EIGHT_BIT_SHAPES)
+    expected = {
+        p: quantized.decode(optimizer.state[p]["momentum_buffer"].reshape(-1),
+                            optimizer.state[p]["momentum_buffer" + quantized.SUFFIX])
+        for p in params
+    }
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    plain = sgdlab.SGD(clone, lr=0.01, momentum=0.9)
+    plain.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    assert plain.param_groups[0]["state_dtype"] == torch.uint8  # groups come from the checkpoint
+    plain.param_groups[0]["state_dtype"] = None
+    for q in clone:
+        q.grad = torch.zeros_like(q)
+    plain.step()  # buffer <- 0.9 * buffer
+    for p, q in zip(params, clone):
+        buffer = plain.state[q]["momentum_buffer"]
+        assert buffer.dtype == torch.float32 and set(plain.state[q]) == {"momentum_buffer"}
+        torch.testing.assert_close(buffer.reshape(-1), 0.9 * expected[p], rtol=1e-6, atol=0)
+
+
+def test_compact_state_helper_accepts_eight_bit():
+    params, optimizer = run(sgdlab.AdamW, dict(lr=0.01), steps=2)
+    compact_state(optimizer, torch.uint8)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert all(s["exp_avg"].dtype == torch.uint8 for s in optimizer.state.values())

@@ -58,6 +58,7 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], int]] = {
 CONTENDERS = (
     "sgdlab",
     "sgdlab bf16 state",
+    "sgdlab 8-bit state",
     "torch for-loop",
     "torch foreach",
     "torch fused",
@@ -151,8 +152,9 @@ def make_optimizer(contender: str, optimizer: str, params: list[torch.Tensor]):
     class_name, hyperparameters, _ = OPTIMIZERS[optimizer]
     if contender == "sgdlab":
         return getattr(sgdlab, class_name)(params, **hyperparameters)
-    if contender == "sgdlab bf16 state":
-        group = {"params": params, "state_dtype": torch.bfloat16}
+    compact = {"sgdlab bf16 state": torch.bfloat16, "sgdlab 8-bit state": torch.uint8}
+    if contender in compact:
+        group = {"params": params, "state_dtype": compact[contender]}
         return getattr(sgdlab, class_name)([group], **hyperparameters)
     path = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
             "torch fused": {"fused": True}}[contender]
@@ -173,8 +175,9 @@ def ideal_bytes(optimizer: str, contender: str, params: list[torch.Tensor]) -> i
     _, _, words = OPTIMIZERS[optimizer]
     numel = sum(p.numel() for p in params)
     state_words = words - 3
-    state_width = 2 if "bf16" in contender else 4
-    return numel * (3 * 4 + state_words * state_width)
+    # 8-bit state: one byte per element plus a float32 scale per block of 256.
+    state_width = 2 if "bf16" in contender else 1 + 4 / 256 if "8-bit" in contender else 4
+    return int(numel * (3 * 4 + state_words * state_width))
 
 
 def run(

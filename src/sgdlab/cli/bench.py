@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--contender", action="append", metavar="NAME",
-        help="'sgdlab', 'sgdlab bf16 state', 'torch for-loop', 'torch foreach', 'torch fused'; "
+        help="'sgdlab', 'sgdlab bf16 state', 'sgdlab 8-bit state', 'torch for-loop', 'torch foreach', 'torch fused'; "
              "repeatable (default: all)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
