@@ -1,18 +1,24 @@
-"""Compact optimizer state: momentum and Adam moments stored in bfloat16.
+"""Compact optimizer state: momentum and Adam moments in bfloat16 or in 8 bits.
 
-An optimizer step is memory traffic; storing the state in 16 bits halves the state's share of it
+An optimizer step is memory traffic; storing the state in fewer bits cuts the state's share of it
 and of the optimizer's memory. The rule still computes in float32: each stored value is widened
-on load and rounded back on store. The rounding is *stochastic* (:func:`sgdlab.optim.program.
-round_to_bfloat16`): with round-to-nearest, Adam's second moment (beta2 = 0.999, a 0.1 % change
-per step, less than half a bfloat16 ulp) could never decrease.
+on load and rounded back on store, *stochastically* (unbiased): with round-to-nearest, Adam's
+second moment (beta2 = 0.999, a 0.1 % change per step, less than half a bfloat16 ulp) could
+never decrease.
+
+* ``torch.bfloat16``: half the bytes (:func:`sgdlab.optim.program.round_to_bfloat16`).
+* ``torch.uint8``: a quarter (plus a float32 scale per 256 elements): 8-bit blockwise-quantized
+  codes, the bitsandbytes idea (:mod:`sgdlab.optim.quantized`).
 
     optimizer = sgdlab.AdamW(model.parameters(), lr=1e-3)
     sgdlab.optim.compact_state(optimizer)                      # every group, bfloat16
+    sgdlab.optim.compact_state(optimizer, torch.uint8)         # every group, 8-bit
     # or per group: sgdlab.AdamW([{"params": ..., "state_dtype": torch.bfloat16}], lr=1e-3)
 
-``state_dict()`` holds the bfloat16 tensors in torch.optim's layout; ``load_state_dict`` (which
-casts them to the parameter dtype, as torch.optim does) restores them exactly, because every
-bfloat16 value is a float32 value.
+``state_dict()`` holds the compact tensors in torch.optim's layout (8-bit entries come with a
+``"<key>.absmax"`` entry of block scales); ``load_state_dict`` restores them exactly. Rounding
+noise is drawn afresh after a restore, so a resumed run is not bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations

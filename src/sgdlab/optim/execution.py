@@ -4,19 +4,22 @@ A rule is pure: it returns new values. Execution writes them back in place, so p
 their identity (hooks, DDP buckets and FSDP2 DTensors keep pointing at the same tensors) and the
 optimizer state keeps torch.optim's layout.
 
-Two strategies, both running the rule itself (no optimizer math lives here):
+The strategies all run the rule itself (no optimizer math lives here):
 
 ``per_tensor``  the reference: one eager rule call per tensor. Used for ``foreach=False``,
                 ``differentiable``, ``capturable``, complex or sparse tensors, tensor subclasses
                 (DTensor), mixed devices/dtypes, and any rule that cannot be traced.
 ``grouped``     the default: the rule is traced once per step into an elementwise program
-                (:mod:`sgdlab.optim.program`) that runs once over all small tensors
-                (concatenated) and once per large tensor (in place), with the state kept in one
-                flat buffer per entry. Eager, it is bit-identical to ``per_tensor``; for groups of
-                ``COMPILE_MIN_NUMEL`` elements or more it is compiled by Inductor (float32/64),
-                which reads and writes each element once. Compiled, the state is bit-identical
-                and the parameters are within one ulp per step: eager PyTorch's float32 ``sqrt``
-                is not correctly rounded on AVX2 CPUs, Inductor's is.
+                (:mod:`sgdlab.optim.program`), and the state of the group is kept in one flat
+                buffer per entry. On CPU (float32/64) the program runs as one C loop over all of
+                the group's tensors (:mod:`sgdlab.optim.native`). Elsewhere, or without a C
+                compiler, it runs once over all small tensors (concatenated) and once per large
+                tensor (in place): eagerly, bit-identical to ``per_tensor``, or for groups of
+                ``COMPILE_MIN_NUMEL`` elements or more compiled by Inductor. The C loop and
+                Inductor are bit-identical to ``per_tensor`` run with a correctly rounded sqrt;
+                eager PyTorch's vectorized float32/64 ``sqrt`` is not (Adam's parameters then
+                differ in the last bit, as torch.optim's fused Adam differs from its for-loop).
+                Compact state (bfloat16, 8-bit) is stored here too: see ``GroupLayout``.
 """
 
 from __future__ import annotations

@@ -155,6 +155,7 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
             raise Unsupported(f"output {name}")
         if quantized and slot >= 2:
             lines.append(f"    out{slot}[i - b0] = {name};")
+            lines.append(f"    q8_observe({name}, &amax{slot}, &signs{slot});")
         elif compact and slot >= 2:
             lines.append(f"    t{slot}[i] = bf16_store({name}, seed + (uint32_t)(offset + i));")
         else:
@@ -203,11 +204,24 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     )
     block_scales = "\n".join(f"            q8_block scale{k} = q8_block_of(q{k}[block]);"
                               for k in range(2, n_tensors))
-    outs = "\n".join(f"            float out{k}[Q8_BLOCK];" for k in written)
+    outs = "\n".join(f"            float out{k}[Q8_BLOCK];\n"
+                     f"            uint32_t amax{k} = 0, signs{k} = 0;" for k in written)
     encodes = "\n".join(
-        f"            q8_encode(out{k}, b1 - b0, t{k} + b0, &q{k}[block], "
+        f"            q8_encode(out{k}, b1 - b0, t{k} + b0, &q{k}[block], amax{k}, signs{k}, "
         f"seed + {k}u * 0x9E3779B9u, offset + b0);"
         for k in written
+    )
+    # The encode passes leave the memory system idle: ask for the block after next meanwhile.
+    ahead = 2 * BLOCK
+    prefetch = (
+        "            for (int64_t j = 0; j < Q8_BLOCK; j += 16) {\n"  # 64-byte lines of floats
+        + "".join(f"                __builtin_prefetch(t{k} + b0 + {ahead} + j);\n"
+                  for k in range(2))
+        + "            }\n"
+        + "            for (int64_t j = 0; j < Q8_BLOCK; j += 64) {\n"  # lines of codes
+        + "".join(f"                __builtin_prefetch(t{k} + b0 + {ahead} + j);\n"
+                  for k in range(2, n_tensors))
+        + "            }"
     )
     body = "\n".join("            " + line for line in lines)
     return (
@@ -230,6 +244,7 @@ void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const
             int64_t block = b0 / {BLOCK};
 {block_scales}
 {outs}
+{prefetch}
             for (int64_t i = b0; i < b1; i++) {{
 {body}
             }}

@@ -114,15 +114,16 @@ static inline float q8_decode(uint8_t code, q8_block b) {
     memcpy(&factor, &factor_bits, 4);
     return y * factor * b.scale;
 }
-static inline __attribute__((always_inline)) void q8_encode(const float* x, int64_t n, uint8_t* codes, float* scale_out,
-                      uint32_t seed, int64_t position) {
-    uint32_t amax_bits = 0, signs = 0;
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t b; memcpy(&b, &x[j], 4);
-        uint32_t magnitude = b & 0x7FFFFFFFu;
-        amax_bits = magnitude > amax_bits ? magnitude : amax_bits;
-        signs |= b;
-    }
+/* The block's largest magnitude and whether any sign bit is set, from float bit patterns
+   (integer max and or: the compiler vectorizes them); accumulated while the values are made. */
+static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
+    uint32_t b; memcpy(&b, &x, 4);
+    uint32_t magnitude = b & 0x7FFFFFFFu;
+    *amax_bits = magnitude > *amax_bits ? magnitude : *amax_bits;
+    *signs |= b;
+}
+static inline void q8_encode(const float* x, int64_t n, uint8_t* codes, float* scale_out,
+                             uint32_t amax_bits, uint32_t signs, uint32_t seed, int64_t position) {
     float amax; memcpy(&amax, &amax_bits, 4);
     int nonnegative = !(signs >> 31);
     float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
