@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from sgdlab.optim import native, quantized
+from sgdlab.optim import native, quantized, replay
 
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -340,7 +340,7 @@ def grouped(
                     return False
 
     try:
-        program = programs.trace(
+        program = replay.trace(
             rule, tensor_keys, numbers, hyperparameters,
             compact=compact and not eight_bit,  # 8-bit codes are decoded around the program
         )
@@ -372,7 +372,7 @@ def grouped(
             plan = layout.native_plan(all_keys)
             plan.run(kernel, params, grads, [float(v) for v in program.scalars],
                      [float(c.item()) for c in tensor_scalars], seed)
-            _store_results(program, layout, states, counters)
+            _store_results(program, layout, states, counters, numbers)
             return True
 
     use_compiled = compile if compile is not None else total >= COMPILE_MIN_NUMEL
@@ -387,7 +387,7 @@ def grouped(
 
     if eight_bit:
         _eight_bit_steps(function, scalars, program, layout, params, grads, all_keys, seed)
-        _store_results(program, layout, states, counters)
+        _store_results(program, layout, states, counters, numbers)
         return True
 
     def constants(offset: int) -> list[Tensor]:
@@ -441,7 +441,7 @@ def grouped(
     else:
         for t, offset in big:
             call(t, offset)
-    _store_results(program, layout, states, counters)
+    _store_results(program, layout, states, counters, numbers)
     return True
 
 
@@ -509,15 +509,23 @@ def _small_region(layout, params, grads, buffers, call) -> None:
     torch._foreach_copy_(flat_params, list(torch.split(flat_param, sizes)))
 
 
-def _store_results(program, layout, states, counters) -> None:
+def _store_results(program, layout, states, counters, numbers) -> None:
     """Install views of newly created state buffers; write the new counter values."""
     for key in program.new_keys:
         layout.install(key, states)
     for key, value in program.numbers.items():
         olds = counters.get(key)
         if olds is not None and isinstance(olds[0], Tensor):
-            source = torch.tensor(value, dtype=olds[0].dtype, device=olds[0].device)
-            torch._foreach_copy_(olds, [source] * len(olds))
+            base = numbers.get(key)
+            if (isinstance(value, (int, float)) and isinstance(base, (int, float))
+                    and float(value).is_integer() and float(base).is_integer()
+                    and abs(value) < 2**24):
+                # Counters are integers: adding the increment is exact and skips building a
+                # tensor from a Python number (the slowest part of a tiny model's step).
+                torch._foreach_add_(olds, value - base)
+            else:
+                source = torch.tensor(value, dtype=olds[0].dtype, device=olds[0].device)
+                torch._foreach_copy_(olds, [source] * len(olds))
         else:
             for state in states:
                 state[key] = value

@@ -399,12 +399,15 @@ class Plan:
 
     def run(self, kernel: Kernel, params: list[torch.Tensor], grads: list[torch.Tensor],
             scalars: list[float], constants: list[float], seed: int) -> None:
-        rows: list[int] = []
-        for param, grad, state in zip(params, grads, self.state_pointers):
-            rows.append(param.data_ptr())
-            rows.append(grad.data_ptr())
-            rows += state
-        table = (ctypes.c_void_p * len(rows))(*rows)
+        table = self.__dict__.get("_table")
+        if table is None:  # the state pointers never change: fill them in once
+            width = len(self.state_pointers[0]) + 2
+            table = self._table = (ctypes.c_void_p * (width * self.rows))()
+            for row, state in enumerate(self.state_pointers):
+                table[row * width + 2: (row + 1) * width] = state
+        width = len(table) // self.rows
+        table[0::width] = [param.data_ptr() for param in params]
+        table[1::width] = [grad.data_ptr() for grad in grads]
         s = (kernel.real * max(1, len(scalars)))(*scalars)
         c = (ctypes.c_double * max(1, len(constants)))(*constants)
         threads = torch.get_num_threads() if self.total >= 4 * CHUNK else 1

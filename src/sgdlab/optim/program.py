@@ -53,6 +53,10 @@ class _Tracer:
         # (:mod:`sgdlab.optim.native`). Operands are names (``x0``, ``v3``, ``s[1]``, ``c[0]``)
         # or, for a constant exponent, the literal.
         self.nodes: list[tuple[str, str, tuple[Any, ...]]] = []
+        # Where each number of ``s`` came from, when the rule's numbers are recorded
+        # (:mod:`sgdlab.optim.replay`); a plain number is its own constant.
+        self.scalar_refs: list[Any] = []
+        self.number_type: type | None = None
         self._count = 0
 
     def operand(self, value: Any) -> str:
@@ -60,10 +64,14 @@ class _Tracer:
             if value._tracer is not self:
                 raise TraceError("a value from another trace")
             return value._name
+        ref = None
+        if self.number_type is not None and isinstance(value, self.number_type):
+            value, ref = value.value, value.ref
         if isinstance(value, bool):
             raise TraceError("a boolean used as a number")
         if isinstance(value, (int, float)):
             self.scalars.append(value)
+            self.scalar_refs.append(ref or ("k", value))
             return f"s[{len(self.scalars) - 1}]"
         if isinstance(value, Tensor) and value.dim() == 0:
             self.tensor_scalars.append(value)
@@ -199,7 +207,8 @@ def trace(
     hyperparameters: dict[str, Any],
     *,
     compact: bool = False,
-) -> Program:
+    recording: bool = False,
+) -> Any:
     """Trace ``rule`` for one param group.
 
     ``state_keys`` are the tensor entries of the state (inputs ``t[2:]``, in order); ``numbers``
@@ -208,8 +217,15 @@ def trace(
     views), ``s`` the numbers, ``c`` 0-d tensors. With ``compact`` every tensor state entry is
     stored in bfloat16: the rule sees float32, the stored value is rounded stochastically
     (seed ``c[0]``).
+
+    ``recording``: numbers may be :class:`sgdlab.optim.replay.Num`; returns the program (with
+    plain numbers) and where its numbers came from (see :func:`sgdlab.optim.replay.trace`).
     """
     tracer = _Tracer()
+    if recording:
+        from sgdlab.optim.replay import Num
+
+        tracer.number_type = Num
     if compact:
         tracer.tensor_scalars.append(torch.zeros((), dtype=torch.int32))  # c[0]: rounding seed
     reads: list[str] = ["    x0 = t[0]", "    x1 = t[1]"]
@@ -230,8 +246,13 @@ def trace(
     outputs: list[tuple[int, str]] = []
     new_keys: list[str] = []
     results: dict[str, Any] = {}
+    result_refs: dict[str, Any] = {}
     slot = {key: i for i, key in enumerate(state_keys, start=2)}
     for key, value in new_state.items():
+        if tracer.number_type is not None and isinstance(value, tracer.number_type):
+            value, result_refs[key] = value.value, value.ref
+        elif recording and value is not None and not isinstance(value, Lazy):
+            result_refs[key] = ("k", value)
         if isinstance(value, Lazy):
             if key not in slot:
                 new_keys.append(key)
@@ -253,8 +274,11 @@ def trace(
         writes.append(f"    t[0].copy_({new_param._name})")
         outputs.append((0, new_param._name))
     source = "\n".join(["def program(t, s, c):", *reads, *tracer.lines, *writes])
-    return Program(source, tracer.scalars, tracer.tensor_scalars, new_keys, results,
-                   tracer.nodes, outputs, compact)
+    program = Program(source, tracer.scalars, tracer.tensor_scalars, new_keys, results,
+                      tracer.nodes, outputs, compact)
+    if recording:
+        return program, tracer.scalar_refs, {k: result_refs.get(k) for k in results}
+    return program
 
 
 # --- running a program ------------------------------------------------------------------------------
