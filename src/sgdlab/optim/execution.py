@@ -178,7 +178,7 @@ class GroupLayout:
         elif scales is not None:  # already 8-bit (torch's load_state_dict made codes floats)
             self.views[key][i].copy_(value.to(torch.uint8))
             self.scale_views[key][i].copy_(scales)
-        else:
+        elif value.any():  # (a fresh buffer already holds the codes of zeros)
             codes, new_scales = quantized.encode(value.reshape(-1).float(), 0, self.offsets[i])
             self.views[key][i].copy_(codes.view(value.shape))
             self.scale_views[key][i].copy_(new_scales)

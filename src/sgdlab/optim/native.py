@@ -14,8 +14,9 @@ rounded to that dtype, as PyTorch rounds a Python scalar that meets a tensor. Th
 is Inductor's: ``sqrt`` is correctly rounded here, eager PyTorch's AVX2 float32 sqrt is not.
 
 Work is split into chunks of ``CHUNK`` elements; ``ctypes`` releases the GIL, so threads (as many
-as ``torch.get_num_threads()``) run disjoint chunk ranges in parallel. There is no OpenMP: no
-second thread pool spinning next to PyTorch's.
+as ``torch.get_num_threads()``) run the loop in parallel, each claiming the next chunk from a
+shared counter, so a thread that wakes up late (a virtual CPU can take a millisecond) simply
+takes fewer chunks. There is no OpenMP: no second thread pool spinning next to PyTorch's.
 
 Without a C compiler (or when compiling fails) :func:`kernel` returns None once and for all, and
 the caller uses Inductor or the eager program.
@@ -92,12 +93,17 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
     compact = program.compact
     state_type = "uint8_t" if quantized else "uint16_t" if compact else "real"
     types: dict[str, str] = {}  # value name -> "real" or "int" (comparisons)
+    numbers: dict[str, str] = {}  # local name -> its declaration
 
     def operand(name: Any) -> str:
-        if isinstance(name, str) and name.startswith("s["):
-            return name
-        if isinstance(name, str) and name.startswith("c["):
-            return f"(real){name}"
+        if isinstance(name, str) and name.startswith(("s[", "c[")):
+            # Numbers are read into locals once per call: no reloads in the loop, and no
+            # aliasing question between them and the tensors.
+            local = name.replace("[", "_").replace("]", "")
+            if local not in numbers:
+                cast = "" if name[0] == "s" else "(real)"
+                numbers[local] = f"    const real {local} = {cast}{name};"
+            return local
         if isinstance(name, str) and name in types:
             return name
         raise Unsupported(f"operand {name!r}")
@@ -166,18 +172,23 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
         f"({'real' if k < 2 else state_type}*)row[{k}];"
         for k in range(n_tensors)
     )
+    declarations = "\n".join(numbers.values())
     if quantized:
-        return _quantized_source(program, ctype, n_tensors, pointers, lines)
+        return _quantized_source(program, ctype, n_tensors, pointers, lines, declarations)
     body = "\n".join("        " + line for line in lines)
     return (
         _PRELUDE.replace("TYPE", ctype)
         + f"""
 /* {n_tensors} tensors per row: parameter, gradient, state entries. */
-void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const* rows,
+void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
                  const int64_t* offsets, const real* s, const double* c, uint32_t seed)
 {{
     (void)c; (void)seed; (void)offsets;
-    for (int64_t k = first; k < last; k++) {{
+{declarations}
+    for (;;) {{
+        /* Chunks are claimed one at a time: a thread that starts late takes fewer. */
+        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (k >= n_chunks) break;
         int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
         void* const* row = rows + {n_tensors} * row_index;
         int64_t offset = offsets[row_index];
@@ -192,7 +203,7 @@ void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const
 
 
 def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: str,
-                      lines: list[str]) -> str:
+                      lines: list[str], declarations: str) -> str:
     # Block by block: decode with the block's old scales, run the rule, keep the new state
     # values of the block in float, then encode each written entry with its new scale.
     from sgdlab.optim.quantized import BLOCK, C_CODEC
@@ -229,11 +240,15 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
         + f"""
 /* {n_tensors} tensors per row (parameter, gradient, 8-bit state entries), then the entries'
    block scales. Chunks start on block boundaries. */
-void sgdlab_step(int64_t first, int64_t last, const int64_t* chunks, void* const* rows,
+void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
                  const int64_t* offsets, const real* s, const double* c, uint32_t seed)
 {{
     (void)c;
-    for (int64_t k = first; k < last; k++) {{
+{declarations}
+    for (;;) {{
+        /* Chunks are claimed one at a time: a thread that starts late takes fewer. */
+        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        if (k >= n_chunks) break;
         int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
         void* const* row = rows + {2 * n_tensors - 2} * row_index;
         int64_t offset = offsets[row_index];
@@ -312,7 +327,8 @@ class Kernel:
         real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
         self.real = real
         self.function.argtypes = [
-            ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
             ctypes.POINTER(real), ctypes.POINTER(ctypes.c_double), ctypes.c_uint32,
         ]
 
@@ -374,8 +390,6 @@ class Plan:
         self.n_chunks = len(chunks) // 3
         self.chunks = (ctypes.c_int64 * len(chunks))(*chunks)
         self.offsets = (ctypes.c_int64 * len(offsets))(*offsets)
-        # Where to split the chunk list between threads: equal numbers of elements.
-        self.sizes = [chunks[3 * k + 2] - chunks[3 * k + 1] for k in range(self.n_chunks)]
         self.total = sum(numels)
         self.state_pointers = [
             [buffer.data_ptr() + offset * buffer.element_size() for buffer in state_buffers]
@@ -383,19 +397,6 @@ class Plan:
                for scales in scale_buffers]
             for offset in offsets
         ]
-        self._splits: dict[int, list[tuple[int, int]]] = {}
-
-    def splits(self, threads: int) -> list[tuple[int, int]]:
-        if threads not in self._splits:
-            bounds, target, done, first = [], self.total / threads, 0, 0
-            for k, size in enumerate(self.sizes):
-                done += size
-                if done >= target * (len(bounds) + 1) and len(bounds) < threads - 1:
-                    bounds.append((first, k + 1))
-                    first = k + 1
-            bounds.append((first, self.n_chunks))
-            self._splits[threads] = [b for b in bounds if b[0] < b[1]]
-        return self._splits[threads]
 
     def run(self, kernel: Kernel, params: list[torch.Tensor], grads: list[torch.Tensor],
             scalars: list[float], constants: list[float], seed: int) -> None:
@@ -411,14 +412,16 @@ class Plan:
         s = (kernel.real * max(1, len(scalars)))(*scalars)
         c = (ctypes.c_double * max(1, len(constants)))(*constants)
         threads = torch.get_num_threads() if self.total >= 4 * CHUNK else 1
-        parts = self.splits(max(1, threads))
+        threads = max(1, min(threads, self.n_chunks))
         call = kernel.function
-        args = (self.chunks, table, self.offsets, s, c, seed & 0xFFFFFFFF)
-        if len(parts) == 1:
-            call(parts[0][0], parts[0][1], *args)
+        next_chunk = ctypes.c_int64(0)
+        args = (ctypes.byref(next_chunk), self.n_chunks, self.chunks, table, self.offsets, s, c,
+                seed & 0xFFFFFFFF)
+        if threads == 1:
+            call(*args)
             return
-        pool = _executor(len(parts) - 1)
-        futures = [pool.submit(call, lo, hi, *args) for lo, hi in parts[1:]]
-        call(parts[0][0], parts[0][1], *args)
+        pool = _executor(threads - 1)
+        futures = [pool.submit(call, *args) for _ in range(threads - 1)]
+        call(*args)
         for future in futures:
             future.result()
