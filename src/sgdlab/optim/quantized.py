@@ -90,24 +90,28 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
 # The same codec, element by element, for sgdlab.optim.native's loop.
 C_CODEC = r"""
 #define Q8_BLOCK Q8_BLOCK_SIZE
-/* A block's decoding constants: its code type is fixed per block, so the per-element decode is
-   straight-line integer and float arithmetic (no branches: the compiler vectorizes the loop). */
-typedef struct { uint32_t exponent_mask, exponent_bias, sign_mask, square_mask; float scale; } q8_block;
+/* A code's exponent and mantissa bits are a float's, shifted: (code & magnitude_mask) + bias,
+   shifted left by 20, is the float's exponent and top 3 mantissa bits. A block's code type is
+   fixed, so the per-element decode is straight-line integer and float arithmetic (no branches:
+   the compiler vectorizes the loop around it). */
+typedef struct {
+    uint32_t magnitude_mask, bias, sign_mask, zero_mask, square_mask; float scale;
+} q8_block;
 static inline q8_block q8_block_of(float scale) {
     q8_block b;
     int nonnegative = signbit(scale) != 0;
-    b.exponent_mask = nonnegative ? 31u : 15u;
-    b.exponent_bias = nonnegative ? 96u : 112u;  /* 127 - 31, 127 - 15 */
+    b.magnitude_mask = nonnegative ? 0xFFu : 0x7Fu;
+    b.bias = nonnegative ? 96u << 3 : 112u << 3;  /* (127 - 31) and (127 - 15), as exponent bits */
     b.sign_mask = nonnegative ? 0u : 1u;
+    b.zero_mask = nonnegative ? 0xF8u : 0x78u;    /* exponent bits of the code: 0 means zero */
     b.square_mask = nonnegative ? 0xFFFFFFFFu : 0u;
     b.scale = nonnegative ? fabsf(scale) : scale;
     return b;
 }
 static inline float q8_decode(uint8_t code, q8_block b) {
     uint32_t c = code;
-    uint32_t e = (c >> 3) & b.exponent_mask;
-    uint32_t bits = (((c >> 7) & b.sign_mask) << 31) | ((e + b.exponent_bias) << 23) | ((c & 7u) << 20);
-    bits &= 0u - (uint32_t)(e != 0);                                   /* exponent 0: zero */
+    uint32_t bits = (((c & b.magnitude_mask) + b.bias) << 20) | (((c >> 7) & b.sign_mask) << 31);
+    bits &= 0u - (uint32_t)((c & b.zero_mask) != 0);
     uint32_t factor_bits = (bits & b.square_mask) | (0x3F800000u & ~b.square_mask);  /* y or 1 */
     float y, factor;
     memcpy(&y, &bits, 4);
@@ -133,8 +137,9 @@ static inline void q8_encode(const float* x, int64_t n, uint8_t* codes, float* s
             float y = sqrtf(x[j] * inverse);
             uint32_t b; memcpy(&b, &y, 4);
             b += ((base + (uint32_t)j) * 2654435761u) >> 12;
-            int32_t e = (int32_t)((b >> 23) & 0xFFu) - 127 + 31;
-            codes[j] = e <= 0 ? 0 : (uint8_t)(((uint32_t)e << 3) | ((b >> 20) & 7u));
+            /* exponent and mantissa bits, rebased: (exponent - 127 + 31) << 3 | mantissa */
+            int32_t t = (int32_t)((b >> 20) & 0x7FFu) - (96 << 3);
+            codes[j] = (uint8_t)(t < 8 ? 0 : t);
         }
         *scale_out = -amax;
     } else {
@@ -142,8 +147,8 @@ static inline void q8_encode(const float* x, int64_t n, uint8_t* codes, float* s
             float y = x[j] * inverse;
             uint32_t b; memcpy(&b, &y, 4);
             b += ((base + (uint32_t)j) * 2654435761u) >> 12;
-            int32_t e = (int32_t)((b >> 23) & 0xFFu) - 127 + 15;
-            codes[j] = e <= 0 ? 0 : (uint8_t)(((b >> 31) << 7) | ((uint32_t)e << 3) | ((b >> 20) & 7u));
+            int32_t t = (int32_t)((b >> 20) & 0x7FFu) - (112 << 3);
+            codes[j] = (uint8_t)(t < 8 ? 0 : (int32_t)((b >> 31) << 7) | t);
         }
         *scale_out = amax;
     }
