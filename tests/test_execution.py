@@ -256,3 +256,15 @@ def test_compiled_adamw_state_is_bit_identical_and_params_within_sqrt_rounding(
         # An update that differs by an ulp can flip the rounding of the new parameter: at most
         # one parameter ulp per step (6 steps).
         torch.testing.assert_close(p, q, rtol=6 * 2**-23, atol=1e-12)
+
+
+def test_without_a_c_compiler_the_step_warns_once_and_stays_correct(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_unavailable", [])
+    monkeypatch.setattr(native, "_kernels", {})
+    monkeypatch.setenv("SGDLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="C optimizer step is unavailable"):
+        fallback, _ = run(sgdlab.SGD, dict(lr=0.05, momentum=0.9, nesterov=True))
+    reference, _ = run(sgdlab.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, foreach=False))
+    assert_identical(fallback, reference)
+    assert len(native._unavailable) == 1

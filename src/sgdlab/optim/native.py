@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -295,24 +296,43 @@ def _machine_key() -> str:
     return flags + sys.platform
 
 
+class NoCompiler(Exception):
+    """There is no working C compiler: the C path is off for this process."""
+
+
+def _writable_cache() -> Path:
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"sgdlab-kernels-{getattr(os, 'getuid', lambda: 0)()}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
+
+
 def _compile(source: str) -> Path:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise Unsupported("no C compiler (set CC)")
+        raise NoCompiler("no C compiler found (install one, or set CC)")
     key = hashlib.sha256("\0".join([source, compiler, *FLAGS, _machine_key()]).encode())
-    directory = cache_dir()
+    directory = _writable_cache()
     library = directory / f"step_{key.hexdigest()[:24]}.so"
     if library.exists():
         return library
-    directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as work:
         c_file = Path(work) / "step.c"
         c_file.write_text(source)
         built = Path(work) / "step.so"
-        result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(c_file), "-lm"],
-                                capture_output=True, text=True)
+        try:
+            result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(c_file), "-lm"],
+                                    capture_output=True, text=True)
+        except OSError as error:
+            raise NoCompiler(f"{compiler}: {error}") from error
         if result.returncode != 0:
-            raise Unsupported(f"{compiler} failed: {result.stderr.strip()[:500]}")
+            raise NoCompiler(f"{compiler} failed: {result.stderr.strip()[:500]}")
         os.replace(built, library)  # atomic: concurrent processes may race to the same name
     return library
 
@@ -345,10 +365,16 @@ def kernel(program: Program, dtype: torch.dtype, n_tensors: int, *,
         try:
             source = c_source(program, dtype, n_tensors, quantized=quantized)
             found: Kernel | None = Kernel(_compile(source), dtype)
-        except Unsupported:
+        except Unsupported:  # this program only: an operation the C printer does not know
             found = None
-        except OSError as error:  # a library that cannot be loaded: do not try again
+        except (NoCompiler, OSError) as error:  # no compiler, or a library that cannot load
             _unavailable.append(repr(error))
+            warnings.warn(
+                f"sgdlab: the C optimizer step is unavailable ({error}); steps run through "
+                "Inductor or eager PyTorch instead (correct, slower)",
+                RuntimeWarning,
+                stacklevel=6,
+            )
             found = None
         _kernels[key] = found
         return found
