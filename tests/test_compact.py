@@ -14,9 +14,9 @@ from sgdlab.optim.program import round_to_bfloat16
 SHAPES = [(7,), (20, 10), (3, 4, 5)]
 
 
-def run(cls, options, state_dtype=None, steps=30, seed=0):
+def run(cls, options, state_dtype=None, steps=30, seed=0, shapes=SHAPES):
     g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     group = {"params": params}
     if state_dtype is not None:
         group["state_dtype"] = state_dtype
@@ -145,20 +145,6 @@ from sgdlab.optim import quantized  # noqa: E402
 EIGHT_BIT_SHAPES = [(7,), (300, 3), (70_001,)]
 
 
-def run_shapes(cls, options, state_dtype, shapes, steps=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
-    group = {"params": params}
-    if state_dtype is not None:
-        group["state_dtype"] = state_dtype
-    optimizer = cls([group], **options)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=g)
-        optimizer.step()
-    return params, optimizer
-
-
 EIGHT_BIT_CASES = [
     (sgdlab.SGD, dict(lr=0.01, momentum=0.9)),
     (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
@@ -170,8 +156,8 @@ ids = ["sgd", "sgd-nesterov-wd", "adamw", "adam-amsgrad-l2"]
 
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
 def test_eight_bit_state_is_codes_and_block_scales_a_quarter_of_the_bytes(cls, options):
-    params, compact = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES, steps=2)
-    _, full = run_shapes(cls, options, None, EIGHT_BIT_SHAPES, steps=2)
+    params, compact = run(cls, options, torch.uint8, steps=2, shapes=EIGHT_BIT_SHAPES)
+    _, full = run(cls, options, None, steps=2, shapes=EIGHT_BIT_SHAPES)
     for p in params:
         state = compact.state[p]
         for key in [k for k in state if k != "step" and not k.endswith(quantized.SUFFIX)]:
@@ -189,9 +175,9 @@ def test_eight_bit_state_is_codes_and_block_scales_a_quarter_of_the_bytes(cls, o
 
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
 def test_eight_bit_c_loop_and_pytorch_codec_store_the_same_bits(cls, options, monkeypatch):
-    params, native = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES)
+    params, native = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
-    _, reference = run_shapes(cls, options, torch.uint8, EIGHT_BIT_SHAPES)
+    _, reference = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
     for a, b in zip(native.state.values(), reference.state.values()):
         for key in a:
             if key != "step":
@@ -201,9 +187,9 @@ def test_eight_bit_c_loop_and_pytorch_codec_store_the_same_bits(cls, options, mo
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
 def test_eight_bit_state_follows_the_float32_trajectory(cls, options):
     shapes = [(20, 10), (3000,)]
-    compact, _ = run_shapes(cls, options, torch.uint8, shapes, steps=30)
-    full, _ = run_shapes(cls, options, None, shapes, steps=30)
-    start, _ = run_shapes(cls, options, None, shapes, steps=0)
+    compact, _ = run(cls, options, torch.uint8, steps=30, shapes=shapes)
+    full, _ = run(cls, options, None, steps=30, shapes=shapes)
+    start, _ = run(cls, options, None, steps=0, shapes=shapes)
     for a, b, a0 in zip(compact, full, start):
         # 3 mantissa bits (up to 12.5 % error per stored value, unbiased): after 30 steps of
         # random gradients the two runs differ by about 6 % of the distance travelled.
@@ -234,7 +220,7 @@ def test_tiny_second_moments_in_a_block_are_not_flushed_to_zero():
 
 def test_eight_bit_state_dict_round_trips_exactly_and_training_continues():
     options = dict(lr=0.01, weight_decay=0.01)
-    params, optimizer = run_shapes(sgdlab.AdamW, options, torch.uint8, EIGHT_BIT_SHAPES)
+    params, optimizer = run(sgdlab.AdamW, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
     saved = copy.deepcopy(optimizer.state_dict())
     clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
     restored = sgdlab.AdamW([{"params": clone, "state_dtype": torch.uint8}], **options)
@@ -256,8 +242,8 @@ def test_eight_bit_state_dict_round_trips_exactly_and_training_continues():
 
 
 def test_an_eight_bit_checkpoint_loads_into_a_float32_optimizer():
-    params, optimizer = run_shapes(sgdlab.SGD, dict(lr=0.01, momentum=0.9), torch.uint8,
-                                   EIGHT_BIT_SHAPES)
+    params, optimizer = run(sgdlab.SGD, dict(lr=0.01, momentum=0.9), torch.uint8, steps=5,
+                            shapes=EIGHT_BIT_SHAPES)
     expected = {
         p: quantized.decode(optimizer.state[p]["momentum_buffer"].reshape(-1),
                             optimizer.state[p]["momentum_buffer" + quantized.SUFFIX])
