@@ -27,14 +27,15 @@ def test_gpt2_small_shapes_have_gpt2_counts():
 
 @pytest.fixture(scope="module")
 def quick_result():
-    return bench.run(["8x16k"], ["adam", "sgd-momentum"], ["sgdlab", "torch fused"],
+    return bench.run(["8x16k"], ["adam", "sgd-momentum"],
+                     ["sgdlab", "sgdlab bf16 state", "sgdlab 8-bit state", "torch fused"],
                      device="cpu", quick=True, rounds=2)
 
 
 def test_quick_run_measures_every_contender(quick_result):
+    contenders = ["sgdlab", "sgdlab bf16 state", "sgdlab 8-bit state", "torch fused"]
     assert {(r.optimizer, r.contender) for r in quick_result.rows} == {
-        ("adam", "sgdlab"), ("adam", "torch fused"),
-        ("sgd-momentum", "sgdlab"), ("sgd-momentum", "torch fused"),
+        (optimizer, contender) for optimizer in ["adam", "sgd-momentum"] for contender in contenders
     }
     for row in quick_result.rows:
         assert row.ms_per_step > 0 and math.isfinite(row.gb_per_s)
@@ -53,8 +54,15 @@ def test_derived_columns_follow_from_the_measurements(quick_result):
     # Adam moves 7 float32 words per parameter; state is 2 words (+ a step counter per tensor).
     assert ours.gb_per_s == pytest.approx(7 * 4 * info.parameters / ours.ms_per_step / 1e6)
     assert ours.state_bytes_per_param == pytest.approx(8 + 8 * 4 / info.parameters)
-    assert ours.copy_gb_per_s > 0
-    expected_pct = 100 * (7 * 4 * info.parameters / (ours.copy_gb_per_s * 1e9)) / (
+    # Compact state: bfloat16 halves the moments; 8-bit quarters them, plus a float32 scale per
+    # block of 256 elements.
+    assert rows["sgdlab bf16 state"].state_bytes_per_param == pytest.approx(
+        4 + 8 * 4 / info.parameters)
+    assert rows["sgdlab 8-bit state"].state_bytes_per_param == pytest.approx(
+        2 * (1 + 4 / 256) + 8 * 4 / info.parameters)
+    assert ours.copy_gb_per_s > 0 and ours.update_gb_per_s > 0
+    assert ours.roofline_gb_per_s == max(ours.copy_gb_per_s, ours.update_gb_per_s)
+    expected_pct = 100 * (7 * 4 * info.parameters / (ours.roofline_gb_per_s * 1e9)) / (
         ours.ms_per_step / 1e3)
     assert ours.roofline_pct == pytest.approx(expected_pct)
 
@@ -62,12 +70,12 @@ def test_derived_columns_follow_from_the_measurements(quick_result):
 def test_result_serializes_to_json(quick_result):
     data = json.loads(quick_result.to_json())
     assert data["machine"]["torch"] and data["settings"]["quick"] is True
-    assert len(data["rows"]) == 4
+    assert len(data["rows"]) == 8
 
 
 def test_markdown_table_has_a_row_per_measurement(quick_result):
     lines = bench.markdown(quick_result).splitlines()
-    assert len(lines) == 2 + 4
+    assert len(lines) == 2 + 8
 
 
 def test_unknown_names_are_rejected():

@@ -1,10 +1,14 @@
 """Optimizer step time: sgdlab against torch.optim's three execution paths, on real model shapes.
 
 An optimizer step reads and writes every parameter, gradient and state element once, so its
-floor is memory bandwidth. Each case therefore also measures the machine's copy bandwidth in the
-same run, and reports every contender as GB/s and as a percentage of that roofline:
+floor is memory bandwidth. Each case therefore also measures the machine's bandwidth in the same
+run, two ways: a copy (``dst.copy_(src)``, one read and one write counted) and an in-place update
+(``a.add_(b)``, two reads and one write: the access pattern of an optimizer step, which updates
+in place). A copy also reads its destination before writing it (write-allocate), traffic it does
+not count, so it understates what the memory system delivers; the roofline is the better of the
+two, and every contender is reported as GB/s and as a percentage of it:
 
-    roofline time = bytes an ideal step must move / copy bandwidth
+    roofline time = bytes an ideal step must move / max(copy, in-place bandwidth)
 
 with, per parameter, SGD + momentum moving 5 words (read parameter, gradient, buffer; write
 parameter, buffer) and Adam/AdamW 7 (plus the two moments' reads and writes). Compact state moves
@@ -76,7 +80,9 @@ class Row:
     roofline_pct: float
     state_bytes_per_param: float
     ratio_to_torch_fused: float | None = None
-    copy_gb_per_s: float = 0.0  # the roofline's bandwidth (median of the case's copies so far)
+    copy_gb_per_s: float = 0.0  # median of the case's copies so far
+    update_gb_per_s: float = 0.0  # median of the case's in-place updates (a += b) so far
+    roofline_gb_per_s: float = 0.0  # the better of the two
     samples_ms: list[float] = field(default_factory=list)
 
 
@@ -87,6 +93,8 @@ class CaseInfo:
     tensors: int
     parameters: int
     copy_gb_per_s: float
+    update_gb_per_s: float = 0.0
+    roofline_gb_per_s: float = 0.0
 
 
 @dataclass
@@ -238,6 +246,7 @@ def run(
         copy_src = torch.rand(min(max(numel, 1 << 22), 1 << 25), device=device)
         copy_dst = torch.empty_like(copy_src)
         copy_samples: list[float] = [copy_bandwidth(device, copy_src.numel())]
+        update_samples: list[float] = []
         say(f"{case}: {len(params)} tensors, {numel:,} parameters")
         for optimizer in optimizers:
             instances = {}
@@ -269,7 +278,13 @@ def run(
                 copy_dst.copy_(copy_src)
                 _sync(device)
                 copy_samples.append(2 * copy_src.nbytes / (time.perf_counter() - start) / 1e9)
-            bandwidth = statistics.median(copy_samples)
+                start = time.perf_counter()
+                copy_dst.add_(copy_src)
+                _sync(device)
+                update_samples.append(3 * copy_src.nbytes / (time.perf_counter() - start) / 1e9)
+            copy_gb = statistics.median(copy_samples)
+            update_gb = statistics.median(update_samples)
+            bandwidth = max(copy_gb, update_gb)
             fused = statistics.median(samples["torch fused"]) if "torch fused" in samples else None
             for contender in contenders:
                 seconds = statistics.median(samples[contender])
@@ -285,16 +300,20 @@ def run(
                     roofline_pct=100 * roofline / seconds,
                     state_bytes_per_param=state_bytes(instances[contender]) / numel,
                     ratio_to_torch_fused=seconds / fused if fused else None,
-                    copy_gb_per_s=bandwidth,
+                    copy_gb_per_s=copy_gb,
+                    update_gb_per_s=update_gb,
+                    roofline_gb_per_s=bandwidth,
                     samples_ms=[s * 1e3 for s in samples[contender]],
                 ))
                 say(f"  {optimizer:16s} {contender:18s} {seconds * 1e3:9.2f} ms/step"
                     + (f"  x{seconds / fused:.3f} of torch fused" if fused else ""))
             del instances
-        infos.append(CaseInfo(case, description, len(params), numel,
-                              statistics.median(copy_samples)))
-        say(f"{case}: copy bandwidth {infos[-1].copy_gb_per_s:.1f} GB/s (median of "
-            f"{len(copy_samples)})")
+        copy_gb = statistics.median(copy_samples)
+        update_gb = statistics.median(update_samples) if update_samples else 0.0
+        infos.append(CaseInfo(case, description, len(params), numel, copy_gb, update_gb,
+                              max(copy_gb, update_gb)))
+        say(f"{case}: copy {copy_gb:.1f} GB/s, in-place update {update_gb:.1f} GB/s (medians "
+            f"of {len(copy_samples)} and {len(update_samples)})")
     settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick,
                 "contenders": contenders, "optimizers": {k: OPTIMIZERS[k][:2] for k in optimizers}}
     return BenchResult(machine_info(device), settings, infos, rows)
@@ -309,8 +328,9 @@ def render(result: BenchResult, console: Any = None) -> None:
     console.print(f"[bold]machine[/]: {result.machine.get('cpu') or result.machine.get('gpu')}, "
                   f"torch {result.machine['torch']}, {result.machine['threads']} threads")
     for info in result.cases:
-        table = Table(title=f"{info.case}: {info.description} — copy bandwidth "
-                            f"{info.copy_gb_per_s:.1f} GB/s")
+        table = Table(title=f"{info.case}: {info.description} — roofline "
+                            f"{info.roofline_gb_per_s:.1f} GB/s (copy {info.copy_gb_per_s:.1f}, "
+                            f"in-place update {info.update_gb_per_s:.1f})")
         for column in ("optimizer", "contender", "ms/step", "GB/s", "% roofline",
                        "state B/param", "vs torch fused", "first step s"):
             table.add_column(column, justify="left" if column in ("optimizer", "contender")
