@@ -186,7 +186,12 @@ class GroupLayout:
     def adopt(self, key: str, states: list[dict[str, Any]]) -> Tensor:
         """Allocate the flat buffer for ``key`` (views are installed by the caller)."""
         first = self.params[0]
-        buffer = torch.zeros(self.total, dtype=self.storage, device=first.device)
+        # Each entry's buffer starts a different number of cache lines past the allocator's
+        # alignment. Same-size buffers otherwise start on the same large power-of-two boundary,
+        # and the step's streams through them compete for the same cache sets (measured on
+        # 8 x 4M, one thread: Adam at 1.25x of torch fused without this, 0.86x with it).
+        shift = 33 * (1 + len(self.buffers)) * 64 // torch.empty((), dtype=self.storage).element_size()
+        buffer = torch.zeros(self.total + shift, dtype=self.storage, device=first.device)[shift:]
         self.buffers[key] = buffer
         self.views[key] = [
             buffer[self.offsets[i]: self.offsets[i] + n].view(p.shape)
