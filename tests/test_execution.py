@@ -268,3 +268,16 @@ def test_without_a_c_compiler_the_step_warns_once_and_stays_correct(monkeypatch,
     reference, _ = run(sgdlab.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, foreach=False))
     assert_identical(fallback, reference)
     assert len(native._unavailable) == 1
+
+
+def test_step_counters_become_views_of_one_tensor_and_checkpoints_still_load():
+    params, optimizer = run(sgdlab.AdamW, dict(lr=0.01), steps=3)
+    steps = [optimizer.state[p]["step"] for p in params]
+    assert all(s.shape == () and s.item() == 3 for s in steps)
+    assert len({s.untyped_storage().data_ptr() for s in steps}) == 1  # one tensor: one add a step
+    theirs = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.01)
+    theirs.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for p in theirs.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    theirs.step()  # torch.optim advances each view on its own: still counts right
+    assert [s["step"].item() for s in theirs.state.values()] == [4.0] * len(params)

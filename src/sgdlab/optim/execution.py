@@ -228,6 +228,27 @@ class GroupLayout:
             self._plan = plan
         return plan[1]
 
+    def counter(self, key: str, values: list[Any]) -> Tensor | None:
+        """This group's counters ``key`` as one tensor, if ``values`` are still its views."""
+        owned = self.__dict__.get("_counters", {}).get(key)
+        if owned is None or len(owned[1]) != len(values):
+            return None
+        flat, views = owned
+        if any(v is not w for v, w in zip(values, views)):
+            return None
+        return flat
+
+    def adopt_counter(self, key: str, values: list[Tensor],
+                      states: list[dict[str, Any]]) -> Tensor:
+        """Keep per-tensor counters (0-d tensors, as torch.optim stores ``step``) as views of
+        one tensor: one operation advances them all (161 separate ones cost a millisecond)."""
+        flat = torch.stack([v.detach() for v in values])
+        views = [flat[i] for i in range(len(values))]
+        for state, view in zip(states, views):
+            state[key] = view
+        self.__dict__.setdefault("_counters", {})[key] = (flat, views)
+        return flat
+
     def install(self, key: str, states: list[dict[str, Any]]) -> None:
         for state, view in zip(states, self.views[key]):
             state[key] = view
@@ -320,9 +341,17 @@ def grouped(
     tensor_keys = sorted(key for key in keyset
                          if key not in COUNTERS and not key.endswith(quantized.SUFFIX))
     numbers: dict[str, Any] = {}
-    counters: dict[str, list[Any]] = {}
+    counters: dict[str, Any] = {}
+    layout = layouts.get(layout_key)
     for key in sorted(key for key in keyset if key in COUNTERS):
         values = [state[key] for state in states]
+        flat = layout.counter(key, values) if layout is not None else None
+        if flat is not None:  # our one tensor of this group's counters: one check, one read
+            if len(values) > 1 and not bool((flat == flat[0]).all()):
+                return False
+            numbers[key] = flat[0].item()
+            counters[key] = flat
+            continue
         if all(isinstance(v, Tensor) for v in values):
             if len(values) > 1 and not bool((torch.stack(values) == values[0]).all()):
                 return False
@@ -332,7 +361,6 @@ def grouped(
         else:
             return False
         counters[key] = values
-    layout = layouts.get(layout_key)
     if layout is None or not layout.matches(params, states, tensor_keys, storage):
         layout = None  # the state is not (or no longer) ours: check it before adopting it
         for key in tensor_keys:
@@ -520,17 +548,24 @@ def _store_results(program, layout, states, counters, numbers) -> None:
         layout.install(key, states)
     for key, value in program.numbers.items():
         olds = counters.get(key)
-        if olds is not None and isinstance(olds[0], Tensor):
+        if (isinstance(olds, list) and all(isinstance(v, Tensor) and v.dim() == 0
+                                           and v.dtype == olds[0].dtype
+                                           and v.device == olds[0].device for v in olds)):
+            # Per-tensor counters (torch.optim's layout, a fresh or loaded state): from now on
+            # they are views of one tensor of the layout's.
+            olds = layout.adopt_counter(key, olds, states)
+        elif isinstance(olds, list) and isinstance(olds[0], Tensor):  # mixed: one by one
+            for old in olds:
+                old.fill_(value)
+            continue
+        if isinstance(olds, Tensor):
             base = numbers.get(key)
             if (isinstance(value, (int, float)) and isinstance(base, (int, float))
                     and float(value).is_integer() and float(base).is_integer()
                     and abs(value) < 2**24):
-                # Counters are integers: adding the increment is exact and skips building a
-                # tensor from a Python number (the slowest part of a tiny model's step).
-                torch._foreach_add_(olds, value - base)
+                olds.add_(value - base)  # integers: exact, and no tensor built from a number
             else:
-                source = torch.tensor(value, dtype=olds[0].dtype, device=olds[0].device)
-                torch._foreach_copy_(olds, [source] * len(olds))
+                olds.fill_(value)
         else:
             for state in states:
                 state[key] = value
