@@ -270,3 +270,19 @@ def test_compact_state_helper_accepts_eight_bit():
         p.grad = torch.ones_like(p)
     optimizer.step()
     assert all(s["exp_avg"].dtype == torch.uint8 for s in optimizer.state.values())
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.uint8], ids=str)
+def test_first_step_allocates_the_state_compact_not_in_float32(state_dtype):
+    param = torch.nn.Parameter(torch.randn(1000))
+    optimizer = sgdlab.AdamW([{"params": [param], "state_dtype": state_dtype}], lr=0.01)
+    fresh = optimizer.init_state(param, optimizer.param_groups[0])
+    assert fresh["exp_avg"].dtype == state_dtype and fresh["exp_avg_sq"].dtype == state_dtype
+    param.grad = torch.ones_like(param)
+    optimizer.step()  # adopts those zeros: m = 0.1 g, v = 0.001 g^2 after one step
+    state = optimizer.state[param]
+    if state_dtype == torch.uint8:
+        m = quantized.decode(state["exp_avg"], state["exp_avg" + quantized.SUFFIX])
+    else:
+        m = state["exp_avg"].float()
+    torch.testing.assert_close(m, torch.full((1000,), 0.1), rtol=0.13, atol=0)

@@ -116,7 +116,7 @@ class Adam(RuleOptimizer):
         state = adam_init(
             param,
             amsgrad=group["amsgrad"],
-            zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+            zeros_like=lambda p: self.state_zeros(p, group),
         )
         on_device = group["capturable"] or group["fused"]
         state["step"] = torch.tensor(

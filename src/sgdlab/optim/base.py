@@ -68,6 +68,15 @@ class RuleOptimizer(Optimizer):
         """A parameter's state before its first step, in torch.optim's layout."""
         raise NotImplementedError
 
+    def state_zeros(self, param: Tensor, group: dict[str, Any]) -> Tensor:
+        """A zero state tensor for ``param``, already in the group's compact storage dtype
+        (bfloat16, or uint8 codes: zero is code 0), so that a first step never holds a float32
+        copy of compact state."""
+        storage = group.get("state_dtype")
+        if storage is None or param.dtype != torch.float32:
+            storage = param.dtype
+        return torch.zeros_like(param, dtype=storage, memory_format=torch.preserve_format)
+
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         """Reject gradients the rule cannot use (e.g. sparse gradients for Adam)."""
 

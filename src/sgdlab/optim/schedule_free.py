@@ -226,5 +226,5 @@ class ScheduleFreeAdamW(_ScheduleFree):
         return schedule_free_adamw_init(
             param,
             clone=_clone,
-            zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format),
+            zeros_like=lambda p: self.state_zeros(p, group),
         )

@@ -118,7 +118,7 @@ class SWATS(RuleOptimizer):
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = adam_init(
-            param, zeros_like=lambda p: torch.zeros_like(p, memory_format=torch.preserve_format)
+            param, zeros_like=lambda p: self.state_zeros(p, group)
         )
         state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         return state
