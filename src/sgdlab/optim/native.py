@@ -322,16 +322,21 @@ def _compile(source: str) -> Path:
     library = directory / f"step_{key.hexdigest()[:24]}.so"
     if library.exists():
         return library
+    # Some compilers (Apple's clang on arm64) reject -march=native: then without it.
+    portable = [flag for flag in FLAGS if flag != "-march=native"]
     with tempfile.TemporaryDirectory(dir=directory) as work:
         c_file = Path(work) / "step.c"
         c_file.write_text(source)
         built = Path(work) / "step.so"
-        try:
-            result = subprocess.run([compiler, *FLAGS, "-o", str(built), str(c_file), "-lm"],
-                                    capture_output=True, text=True)
-        except OSError as error:
-            raise NoCompiler(f"{compiler}: {error}") from error
-        if result.returncode != 0:
+        for flags in (FLAGS, portable):
+            try:
+                result = subprocess.run([compiler, *flags, "-o", str(built), str(c_file), "-lm"],
+                                        capture_output=True, text=True)
+            except OSError as error:
+                raise NoCompiler(f"{compiler}: {error}") from error
+            if result.returncode == 0:
+                break
+        else:
             raise NoCompiler(f"{compiler} failed: {result.stderr.strip()[:500]}")
         os.replace(built, library)  # atomic: concurrent processes may race to the same name
     return library
