@@ -274,7 +274,7 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
 
 # --- compiling and loading ------------------------------------------------------------------------
 _lock = threading.Lock()
-_kernels: dict[str, Any] = {}
+_kernels: dict[Any, Any] = {}
 _unavailable: list[str] = []
 
 
@@ -363,7 +363,7 @@ def kernel(program: Program, dtype: torch.dtype, n_tensors: int, *,
     """The compiled kernel of ``program``, or None where this path is not available."""
     if _unavailable or os.environ.get("SGDLAB_NATIVE", "1") == "0":
         return None
-    key = f"{dtype}\n{n_tensors}\n{quantized}\n{program.source}"
+    key = (dtype, n_tensors, quantized, program.source)  # (a str caches its hash)
     with _lock:
         if key in _kernels:
             return _kernels[key]

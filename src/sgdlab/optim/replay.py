@@ -13,7 +13,6 @@ afresh, which is always correct.
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import threading
 from typing import Any, Callable
@@ -135,7 +134,9 @@ class _Recording:
         replayed = self._function(inputs, self._functions, self._constants)
         if replayed is None:
             return None
-        return dataclasses.replace(self.program, scalars=replayed[0], numbers=replayed[1])
+        program = object.__new__(programs.Program)  # a shallow copy, without __init__'s cost
+        program.__dict__.update(self.program.__dict__, scalars=replayed[0], numbers=replayed[1])
+        return program
 
 
 _lock = threading.Lock()
@@ -149,7 +150,8 @@ def trace(rule: Callable[..., Any], state_keys: list[str], numbers: dict[str, An
     named = {**{f"number:{k}": v for k, v in numbers.items()},
              **{f"hyper:{k}": v for k, v in hyperparameters.items()}}
     inputs = {k: v for k, v in named.items() if _is_number(v)}
-    static = tuple(sorted((k, v) for k, v in named.items() if k not in inputs))
+    # (The adapters build these dicts in a fixed order: no need to sort.)
+    static = tuple((k, v) for k, v in named.items() if k not in inputs)
     if any(isinstance(v, Tensor) for _, v in static):
         return programs.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
     try:
