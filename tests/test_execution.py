@@ -281,3 +281,27 @@ def test_step_counters_become_views_of_one_tensor_and_checkpoints_still_load():
         p.grad = torch.ones_like(p)
     theirs.step()  # torch.optim advances each view on its own: still counts right
     assert [s["step"].item() for s in theirs.state.values()] == [4.0] * len(params)
+
+
+def test_compiled_bfloat16_state_rounds_like_the_eager_program(compile_everything, monkeypatch):
+    # The CUDA path for compact state is Inductor; on CPU the same code runs here.
+    options = dict(lr=0.05, momentum=0.9)
+    shapes = [(7,), (300, 3), (execution.BIG_TENSOR_NUMEL + 1,)]
+
+    def states():
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(1)))
+                  for s in shapes]
+        optimizer = sgdlab.SGD([{"params": params, "state_dtype": torch.bfloat16}], **options)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        return params, [optimizer.state[p]["momentum_buffer"] for p in params]
+
+    compiled_params, compiled = states()
+    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 1 << 62)  # the same run, eagerly
+    eager_params, eager = states()
+    for a, b in zip(compiled, eager):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    assert_identical(compiled_params, eager_params)
