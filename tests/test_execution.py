@@ -305,3 +305,28 @@ def test_compiled_bfloat16_state_rounds_like_the_eager_program(compile_everythin
     for a, b in zip(compiled, eager):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
     assert_identical(compiled_params, eager_params)
+
+
+def test_compiled_eight_bit_state_matches_the_eager_program(compile_everything, monkeypatch):
+    # 8-bit state without the C loop: decode, the (compiled) float program, encode.
+    shapes = [(7,), (300, 3), (execution.BIG_TENSOR_NUMEL + 1,)]
+
+    def states():
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(1)))
+                  for s in shapes]
+        optimizer = sgdlab.SGD([{"params": params, "state_dtype": torch.uint8}], lr=0.05,
+                               momentum=0.9)
+        g = torch.Generator().manual_seed(2)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        return params, [dict(optimizer.state[p]) for p in params]
+
+    compiled_params, compiled = states()
+    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 1 << 62)
+    eager_params, eager = states()
+    for a, b in zip(compiled, eager):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    assert_identical(compiled_params, eager_params)
