@@ -26,13 +26,12 @@ from __future__ import annotations
 import torch
 
 from sgdlab.optim.base import RuleOptimizer
-
-STATE_DTYPES = (torch.bfloat16, torch.uint8)
+from sgdlab.optim.execution import COMPACT_DTYPES
 
 
 def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16) -> RuleOptimizer:
     """Store ``optimizer``'s tensor state in ``dtype`` from the next step on; returns it."""
-    if dtype not in STATE_DTYPES:
+    if dtype not in COMPACT_DTYPES:
         raise ValueError(
             f"Invalid state_dtype: {dtype!r} (supported: torch.bfloat16; torch.uint8 for 8-bit "
             "blockwise-quantized state)"

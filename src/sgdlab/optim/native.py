@@ -422,22 +422,20 @@ class Plan:
         self.chunks = (ctypes.c_int64 * len(chunks))(*chunks)
         self.offsets = (ctypes.c_int64 * len(offsets))(*offsets)
         self.total = sum(numels)
-        self.state_pointers = [
-            [buffer.data_ptr() + offset * buffer.element_size() for buffer in state_buffers]
-            + [scales.data_ptr() + offset // block * scales.element_size()
-               for scales in scale_buffers]
-            for offset in offsets
-        ]
+        # One row per tensor: parameter, gradient (filled in every step), then the state entries
+        # and their block scales, whose pointers never change.
+        self.width = 2 + len(state_buffers) + len(scale_buffers)
+        self.table = (ctypes.c_void_p * (self.width * self.rows))()
+        for row, offset in enumerate(offsets):
+            self.table[row * self.width + 2: (row + 1) * self.width] = (
+                [buffer.data_ptr() + offset * buffer.element_size() for buffer in state_buffers]
+                + [scales.data_ptr() + offset // block * scales.element_size()
+                   for scales in scale_buffers]
+            )
 
     def run(self, kernel: Kernel, params: list[torch.Tensor], grads: list[torch.Tensor],
             scalars: list[float], constants: list[float], seed: int) -> None:
-        table = self.__dict__.get("_table")
-        if table is None:  # the state pointers never change: fill them in once
-            width = len(self.state_pointers[0]) + 2
-            table = self._table = (ctypes.c_void_p * (width * self.rows))()
-            for row, state in enumerate(self.state_pointers):
-                table[row * width + 2: (row + 1) * width] = state
-        width = len(table) // self.rows
+        table, width = self.table, self.width
         table[0::width] = [param.data_ptr() for param in params]
         table[1::width] = [grad.data_ptr() for grad in grads]
         s = (kernel.real * max(1, len(scalars)))(*scalars)
