@@ -184,6 +184,27 @@ def test_eight_bit_c_loop_and_pytorch_codec_store_the_same_bits(cls, options, mo
                 assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("cls, options", [EIGHT_BIT_CASES[0], EIGHT_BIT_CASES[3]],
+                         ids=["sgd", "adam-amsgrad-l2"])
+def test_eight_bit_portable_c_codec_stores_the_same_bits(cls, options, monkeypatch):
+    # The C codec has an AVX2 version of its encoder; compiled without AVX2 (as on ARM), the
+    # plain C loops must store the same bits as well.
+    from sgdlab.optim import native
+
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-avx2"])
+    monkeypatch.setattr(native, "_kernels", {})
+    if native._unavailable:
+        pytest.skip("no C compiler")
+    _, portable = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+    _, reference = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
+    assert any(key[2] and found is not None for key, found in native._kernels.items())
+    for a, b in zip(portable.state.values(), reference.state.values()):
+        for key in a:
+            if key != "step":
+                assert torch.equal(a[key], b[key]), key
+
+
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
 def test_eight_bit_state_follows_the_float32_trajectory(cls, options):
     shapes = [(20, 10), (3000,)]

@@ -112,7 +112,7 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
     lines = ["    real x0 = t0[i];", "    real x1 = t1[i];"]
     types["x0"] = types["x1"] = "real"
     for k in range(2, n_tensors):
-        load = (f"q8_decode(t{k}[i], scale{k})" if quantized
+        load = (f"q8_decode_KIND{k}(t{k}[i], scale{k})" if quantized
                 else f"bf16_load(t{k}[i])" if compact else f"t{k}[i]")
         lines.append(f"    real x{k} = {load};")
         types[f"x{k}"] = "real"
@@ -209,33 +209,46 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     # values of the block in float, then encode each written entry with its new scale.
     from sgdlab.optim.quantized import BLOCK, C_CODEC
 
-    written = [slot for slot, _ in program.outputs if slot >= 2]
+    entries = range(2, n_tensors)
+    outputs = {slot: name for slot, name in program.outputs if slot >= 2}
+    # A nonnegative block is encoded from square roots: where the rule already takes the root of
+    # the new value (Adam's sqrt(v)), the loop keeps it and the encoder skips its own.
+    roots = {}
+    for name, op, args in program.nodes:
+        for slot, value in outputs.items():
+            if args and args[0] == value and (
+                    (op == "sqrt" and len(args) == 1)
+                    or (op == "pow_literal" and args[1] == 0.5)):
+                roots.setdefault(slot, name)
     scales = "\n".join(
-        f"        float* restrict q{k} = (float*)row[{n_tensors + k - 2}];"
-        for k in range(2, n_tensors)
+        f"        float* restrict q{k} = (float*)row[{n_tensors + k - 2}];" for k in entries
     )
-    block_scales = "\n".join(f"            q8_block scale{k} = q8_block_of(q{k}[block]);"
-                              for k in range(2, n_tensors))
-    outs = "\n".join(f"            float out{k}[Q8_BLOCK];\n"
-                     f"            uint32_t amax{k} = 0, signs{k} = 0;" for k in written)
+    block_scales = "\n".join(f"            float scale{k} = fabsf(q{k}[block]);" for k in entries)
+    kind = " | ".join(f"(signbit(q{k}[block]) ? {1 << (k - 2)} : 0)" for k in entries)
+    buffers = "\n".join(
+        f"            float out{k}[Q8_BLOCK]{f', root{k}[Q8_BLOCK]' if k in roots else ''};\n"
+        f"            uint32_t amax{k} = 0, signs{k} = 0;" for k in outputs
+    )
     encodes = "\n".join(
-        f"            q8_encode(out{k}, b1 - b0, t{k} + b0, &q{k}[block], amax{k}, signs{k}, "
+        f"            q8_encode(out{k}, {f'root{k}' if k in roots else '(const float*)0'}, "
+        f"b1 - b0, t{k} + b0, &q{k}[block], amax{k}, signs{k}, "
         f"seed + {k}u * 0x9E3779B9u, offset + b0);"
-        for k in written
+        for k in outputs
     )
-    # The encode passes leave the memory system idle: ask for the block after next meanwhile.
-    ahead = 2 * BLOCK
-    prefetch = (
-        "            for (int64_t j = 0; j < Q8_BLOCK; j += 16) {\n"  # 64-byte lines of floats
-        + "".join(f"                __builtin_prefetch(t{k} + b0 + {ahead} + j);\n"
-                  for k in range(2))
-        + "            }\n"
-        + "            for (int64_t j = 0; j < Q8_BLOCK; j += 64) {\n"  # lines of codes
-        + "".join(f"                __builtin_prefetch(t{k} + b0 + {ahead} + j);\n"
-                  for k in range(2, n_tensors))
-        + "            }"
-    )
-    body = "\n".join("            " + line for line in lines)
+    body_lines = lines + [f"    root{k}[i - b0] = {name};" for k, name in roots.items()]
+    # One loop per combination of the entries' block kinds (bit k - 2 set: entry k nonnegative).
+    loops = []
+    for combination in range(1 << len(entries)):
+        body = "\n".join("            " + line for line in body_lines)
+        for k in entries:
+            nonnegative = combination >> (k - 2) & 1
+            body = body.replace(f"KIND{k}(", "nonnegative(" if nonnegative else "signed(")
+        loops.append(f"""            case {combination}:
+            for (int64_t i = b0; i < b1; i++) {{
+{body}
+            }}
+            break;""")
+    cases = "\n".join(loops)
     return (
         _PRELUDE.replace("TYPE", ctype) + C_CODEC.replace("Q8_BLOCK_SIZE", str(BLOCK))
         + f"""
@@ -259,10 +272,9 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
             int64_t b1 = b0 + {BLOCK} < hi ? b0 + {BLOCK} : hi;
             int64_t block = b0 / {BLOCK};
 {block_scales}
-{outs}
-{prefetch}
-            for (int64_t i = b0; i < b1; i++) {{
-{body}
+{buffers}
+            switch ({kind}) {{
+{cases}
             }}
 {encodes}
         }}

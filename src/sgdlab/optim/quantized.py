@@ -7,8 +7,8 @@ largest magnitude, so an outlier only costs precision in its own block. Codes ar
 
 * a block with both signs (momentum, Adam's first moment) stores ``y = x / scale`` as
   sign + 4-bit exponent + 3-bit mantissa: 2^-14 <= |y| <= 1, 12.5 % steps;
-* a nonnegative block (Adam's second moment) stores ``y = sqrt(x / scale)`` as 5-bit exponent +
-  3-bit mantissa: x / scale down to 2^-60. The square root keeps small second moments (which
+* a nonnegative block (Adam's second moment) stores ``y = sqrt(x) / sqrt(scale)`` as 5-bit
+  exponent + 3-bit mantissa: x / scale down to 2^-60. The square root keeps small second moments (which
   set the largest steps, through ``1 / sqrt(v)``) from being flushed to zero. Such blocks are
   marked by a negative scale.
 
@@ -19,7 +19,8 @@ A state entry ``key`` is stored as ``state[key]`` (uint8 codes, shaped like the 
 
 The codec exists twice, on purpose, side by side: in PyTorch operations (:func:`encode`,
 :func:`decode`; the CUDA and fallback path, and the tests' reference) and as C for the CPU loop
-(:data:`C_CODEC`). The tests require the two to agree bit for bit.
+(:data:`C_CODEC`, whose encoder also has an AVX2 form: on 2 cores the 8-bit step is bound by
+this arithmetic, not by memory). The tests require them all to agree bit for bit.
 """
 
 from __future__ import annotations
@@ -49,23 +50,26 @@ def encode(x: Tensor, seed: int, position: int) -> tuple[Tensor, Tensor]:
     amax = (bits & 0x7FFFFFFF).amax(dim=1).to(torch.int32).view(torch.float32)
     nonnegative = ~((bits >> 31).bool().any(dim=1))
     inverse = torch.where(amax == 0, torch.zeros_like(amax), 1.0 / amax)
-    y = padded * inverse[:, None]
-    rooted = torch.sqrt(y.double()).float()  # correctly rounded, as C's sqrtf
-    y = torch.where(nonnegative[:, None], rooted, y)
+    # Square-root domain: sqrt(x) * (1 / sqrt(amax)), each correctly rounded like C's sqrtf,
+    # so the C loop can reuse a sqrt(v) the rule already computed (Adam's denominator).
+    root_inverse = torch.where(amax == 0, torch.zeros_like(amax), 1.0 / _sqrt(amax))
+    y = torch.where(nonnegative[:, None], _sqrt(padded) * root_inverse[:, None],
+                    padded * inverse[:, None])
 
     index = torch.arange(blocks * BLOCK, device=x.device, dtype=torch.int64).view(blocks, BLOCK)
     noise = (((index + seed + position) & 0xFFFFFFFF) * _HASH & 0xFFFFFFFF) >> 12
     b = ((y.view(torch.int32).long() & 0xFFFFFFFF) + noise) & 0xFFFFFFFF
-    exponent = ((b >> 23) & 0xFF) - 127
-    mantissa = (b >> 20) & 7
-    sign = b >> 31
-    signed_e = exponent + 15
-    signed = torch.where(signed_e <= 0, 0, (sign << 7) | (signed_e << 3) | mantissa)
-    unsigned_e = exponent + 31
-    unsigned = torch.where(unsigned_e <= 0, 0, (unsigned_e << 3) | mantissa)
-    codes = torch.where(nonnegative[:, None], unsigned, signed) & 0xFF
+    # Exponent and top 3 mantissa bits, rebased to the code's exponent bias and clamped at 0:
+    # values below the smallest exponent land in the exponent-0 row, which decodes as zero.
+    signed = (((b >> 20) & 0x7FF) - ((127 - 15) << 3)).clamp(min=0) | ((b >> 31) << 7)
+    unsigned = ((b >> 20) - ((127 - 31) << 3)).clamp(min=0)
+    codes = torch.where(nonnegative[:, None], unsigned, signed)
     scales = torch.where(nonnegative, -amax, amax)
     return codes.reshape(-1)[:n].to(torch.uint8), scales
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    return torch.sqrt(x.double()).float()  # correctly rounded, as C's sqrtf
 
 
 def decode(codes: Tensor, scales: Tensor) -> Tensor:
@@ -90,33 +94,23 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
 # The same codec, element by element, for sgdlab.optim.native's loop.
 C_CODEC = r"""
 #define Q8_BLOCK Q8_BLOCK_SIZE
-/* A code's exponent and mantissa bits are a float's, shifted: (code & magnitude_mask) + bias,
-   shifted left by 20, is the float's exponent and top 3 mantissa bits. A block's code type is
-   fixed, so the per-element decode is straight-line integer and float arithmetic (no branches:
-   the compiler vectorizes the loop around it). */
-typedef struct {
-    uint32_t magnitude_mask, bias, sign_mask, zero_mask, square_mask; float scale;
-} q8_block;
-static inline q8_block q8_block_of(float scale) {
-    q8_block b;
-    int nonnegative = signbit(scale) != 0;
-    b.magnitude_mask = nonnegative ? 0xFFu : 0x7Fu;
-    b.bias = nonnegative ? 96u << 3 : 112u << 3;  /* (127 - 31) and (127 - 15), as exponent bits */
-    b.sign_mask = nonnegative ? 0u : 1u;
-    b.zero_mask = nonnegative ? 0xF8u : 0x78u;    /* exponent bits of the code: 0 means zero */
-    b.square_mask = nonnegative ? 0xFFFFFFFFu : 0u;
-    b.scale = nonnegative ? fabsf(scale) : scale;
-    return b;
+/* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
+   left by 20, is the float's exponent and top 3 mantissa bits. A block's kind (signed or
+   nonnegative, the sign of its scale) is fixed, and the caller runs one loop per combination
+   of its entries' kinds: the per-element decode is a few branch-free integer operations. */
+static inline float q8_decode_signed(uint8_t code, float scale) {
+    uint32_t c = code, magnitude = c & 0x7Fu;
+    uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
+    bits &= 0u - (uint32_t)(magnitude >= 8u);  /* exponent 0: zero */
+    float y; memcpy(&y, &bits, 4);
+    return y * scale;
 }
-static inline float q8_decode(uint8_t code, q8_block b) {
+static inline float q8_decode_nonnegative(uint8_t code, float scale) {
     uint32_t c = code;
-    uint32_t bits = (((c & b.magnitude_mask) + b.bias) << 20) | (((c >> 7) & b.sign_mask) << 31);
-    bits &= 0u - (uint32_t)((c & b.zero_mask) != 0);
-    uint32_t factor_bits = (bits & b.square_mask) | (0x3F800000u & ~b.square_mask);  /* y or 1 */
-    float y, factor;
-    memcpy(&y, &bits, 4);
-    memcpy(&factor, &factor_bits, 4);
-    return y * factor * b.scale;
+    uint32_t bits = (c + (96u << 3)) << 20;
+    bits &= 0u - (uint32_t)(c >= 8u);
+    float y; memcpy(&y, &bits, 4);
+    return y * y * scale;
 }
 /* The block's largest magnitude and whether any sign bit is set, from float bit patterns
    (integer max and or: the compiler vectorizes them); accumulated while the values are made. */
@@ -126,29 +120,98 @@ static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
     *amax_bits = magnitude > *amax_bits ? magnitude : *amax_bits;
     *signs |= b;
 }
-static inline void q8_encode(const float* x, int64_t n, uint8_t* codes, float* scale_out,
-                             uint32_t amax_bits, uint32_t signs, uint32_t seed, int64_t position) {
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* 32 codes at once, the loops below written out in AVX2 (the compiler's own vectorization of
+   them spends twice the instructions on 64-bit indices and byte packing). The clamp at 0 is a
+   saturating subtraction, the 16- and 8-bit packing saturating packs (values fit: no change). */
+static inline __m256i q8_noisy_bits(__m256 y, __m256i* hash) {
+    __m256i b = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_srli_epi32(*hash, 12));
+    *hash = _mm256_add_epi32(*hash, _mm256_set1_epi32((int)(8u * 2654435761u)));
+    return b;
+}
+static inline void q8_store32(__m256i low, __m256i high, uint8_t* codes) {
+    __m256i c = _mm256_packus_epi16(low, high);  /* per 128-bit lane: put the dwords in order */
+    c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i*)codes, c);
+}
+static inline void q8_encode_signed32(const float* x, __m256 inverse, __m256i* hash,
+                                      uint8_t* codes) {
+    __m256i w[4];
+    for (int k = 0; k < 4; k++)
+        w[k] = _mm256_srli_epi32(
+            q8_noisy_bits(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), inverse), hash), 16);
+    const __m256i bias = _mm256_set1_epi16(112 << 3), sign = _mm256_set1_epi16(0x80);
+    const __m256i magnitude = _mm256_set1_epi16(0x7FFF);
+    __m256i half[2];
+    for (int k = 0; k < 2; k++) {
+        __m256i top = _mm256_packus_epi32(w[2 * k], w[2 * k + 1]);  /* float bits 31..16 */
+        __m256i t = _mm256_subs_epu16(_mm256_srli_epi16(_mm256_and_si256(top, magnitude), 4),
+                                      bias);
+        half[k] = _mm256_or_si256(t, _mm256_and_si256(_mm256_srli_epi16(top, 8), sign));
+    }
+    q8_store32(half[0], half[1], codes);
+}
+static inline void q8_encode_nonnegative32(const float* root, __m256 inverse, __m256i* hash,
+                                           uint8_t* codes) {
+    __m256i w[4];
+    for (int k = 0; k < 4; k++)
+        w[k] = _mm256_srli_epi32(
+            q8_noisy_bits(_mm256_mul_ps(_mm256_loadu_ps(root + 8 * k), inverse), hash), 20);
+    const __m256i bias = _mm256_set1_epi16(96 << 3);
+    q8_store32(_mm256_subs_epu16(_mm256_packus_epi32(w[0], w[1]), bias),
+               _mm256_subs_epu16(_mm256_packus_epi32(w[2], w[3]), bias), codes);
+}
+static inline __m256i q8_hash8(uint32_t hash) {
+    return _mm256_add_epi32(_mm256_set1_epi32((int)hash),
+                            _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                               _mm256_set1_epi32((int)2654435761u)));
+}
+#endif
+/* Encode one block: x its new values, root their square roots where the rule computed them
+   (else NULL), amax_bits and signs from q8_observe. */
+static inline void q8_encode(const float* x, const float* root, int64_t n, uint8_t* codes,
+                             float* scale_out, uint32_t amax_bits, uint32_t signs, uint32_t seed,
+                             int64_t position) {
     float amax; memcpy(&amax, &amax_bits, 4);
-    int nonnegative = !(signs >> 31);
-    float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
-    uint32_t base = seed + (uint32_t)position;
-    if (nonnegative) {
-        for (int64_t j = 0; j < n; j++) {
-            float y = sqrtf(x[j] * inverse);
+    uint32_t hash = (seed + (uint32_t)position) * 2654435761u, count = (uint32_t)n;
+    float roots[Q8_BLOCK];
+    if (!(signs >> 31)) {  /* nonnegative: the square-root domain */
+        float inverse = amax == 0.0f ? 0.0f : 1.0f / sqrtf(amax);
+        if (!root) {
+            for (uint32_t j = 0; j < count; j++) roots[j] = sqrtf(x[j]);
+            root = roots;
+        }
+        uint32_t j = 0;
+#if defined(__AVX2__)
+        __m256i hash8 = q8_hash8(hash);
+        for (; j + 32 <= count; j += 32)
+            q8_encode_nonnegative32(root + j, _mm256_set1_ps(inverse), &hash8, codes + j);
+        hash += j * 2654435761u;
+#endif
+        for (; j < count; j++, hash += 2654435761u) {
+            float y = root[j] * inverse;
             uint32_t b; memcpy(&b, &y, 4);
-            b += ((base + (uint32_t)j) * 2654435761u) >> 12;
-            /* exponent and mantissa bits, rebased: (exponent - 127 + 31) << 3 | mantissa */
-            int32_t t = (int32_t)((b >> 20) & 0x7FFu) - (96 << 3);
-            codes[j] = (uint8_t)(t < 8 ? 0 : t);
+            b += hash >> 12;
+            uint32_t t = b >> 20;
+            codes[j] = (uint8_t)(t > (96u << 3) ? t - (96u << 3) : 0u);
         }
         *scale_out = -amax;
     } else {
-        for (int64_t j = 0; j < n; j++) {
+        float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
+        uint32_t j = 0;
+#if defined(__AVX2__)
+        __m256i hash8 = q8_hash8(hash);
+        for (; j + 32 <= count; j += 32)
+            q8_encode_signed32(x + j, _mm256_set1_ps(inverse), &hash8, codes + j);
+        hash += j * 2654435761u;
+#endif
+        for (; j < count; j++, hash += 2654435761u) {
             float y = x[j] * inverse;
             uint32_t b; memcpy(&b, &y, 4);
-            b += ((base + (uint32_t)j) * 2654435761u) >> 12;
-            int32_t t = (int32_t)((b >> 20) & 0x7FFu) - (112 << 3);
-            codes[j] = (uint8_t)(t < 8 ? 0 : (int32_t)((b >> 31) << 7) | t);
+            b += hash >> 12;
+            uint32_t t = (b >> 20) & 0x7FFu;
+            codes[j] = (uint8_t)((t > (112u << 3) ? t - (112u << 3) : 0u) | ((b >> 24) & 0x80u));
         }
         *scale_out = amax;
     }
