@@ -17,6 +17,9 @@ from torch.optim import Optimizer
 
 from sgdlab.optim import execution
 
+# The param-group key counting a group's steps with compact (stochastically rounded) state.
+ROUNDING_STEP = "compact_state_step"
+
 
 class RuleOptimizer(Optimizer):
     """Base class: executes ``rule`` over every parameter that has a gradient."""
@@ -128,10 +131,17 @@ class RuleOptimizer(Optimizer):
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""
         hyperparameters = self.rule_hyperparameters(group)
         state_dtype = group.get("state_dtype")
+        rounding_step = 0
+        if state_dtype is not None and state_dtype != params[0].dtype:
+            # Compact state is rounded stochastically; the noise's seed counts the group's
+            # compact steps and lives in the param group, so it is saved with the checkpoint and
+            # a resumed run rounds exactly as an uninterrupted one would.
+            rounding_step = group[ROUNDING_STEP] = group.get(ROUNDING_STEP, 0) + 1
         if execution.grouped_supported(params, grads, group):
             layouts = self.__dict__.setdefault("_layouts", {})
             if execution.grouped(type(self).rule, params, grads, states, hyperparameters,
-                                 layouts=layouts, layout_key=index, state_dtype=state_dtype):
+                                 layouts=layouts, layout_key=index, state_dtype=state_dtype,
+                                 rounding_step=rounding_step):
                 return
         if state_dtype is not None and state_dtype != params[0].dtype:
             raise ValueError(

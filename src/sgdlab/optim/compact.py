@@ -16,9 +16,9 @@ never decrease.
     # or per group: sgdlab.AdamW([{"params": ..., "state_dtype": torch.bfloat16}], lr=1e-3)
 
 ``state_dict()`` holds the compact tensors in torch.optim's layout (8-bit entries come with a
-``"<key>.absmax"`` entry of block scales); ``load_state_dict`` restores them exactly. Rounding
-noise is drawn afresh after a restore, so a resumed run is not bit-identical to an
-uninterrupted one.
+``"<key>.absmax"`` entry of block scales); ``load_state_dict`` restores them exactly. The
+rounding noise is seeded by a count of the group's compact steps, kept in the param group
+(``"compact_state_step"``), so a resumed run rounds exactly as an uninterrupted one.
 """
 
 from __future__ import annotations

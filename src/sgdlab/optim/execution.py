@@ -309,13 +309,15 @@ def grouped(
     layout_key: Any,
     compile: bool | None = None,
     state_dtype: torch.dtype | None = None,
+    rounding_step: int = 0,
 ) -> bool:
     """Run ``rule`` over a whole group at once (see :mod:`sgdlab.optim.program`).
 
     All parameters must share device and dtype (:func:`grouped_supported`). ``compile=None``
     compiles groups of at least ``COMPILE_MIN_NUMEL`` elements. ``state_dtype`` stores the
     rule's tensor state in a compact format: bfloat16, or ``torch.uint8`` for 8-bit blockwise
-    codes (:mod:`sgdlab.optim.quantized`), both rounded stochastically. Returns False,
+    codes (:mod:`sgdlab.optim.quantized`), both rounded stochastically, with noise seeded by
+    ``rounding_step`` (a count the caller keeps in its checkpoint). Returns False,
     having changed nothing, when the rule or the state cannot be run this way; the caller then
     uses :func:`per_tensor`.
     """
@@ -393,10 +395,7 @@ def grouped(
     buffers = [layout.buffers[key] for key in all_keys]
     # The stochastic rounding's seed: a fresh one every step; the noise of an element is a
     # hash of seed + its position in the flat state, whichever path runs.
-    seed = 0
-    if compact:
-        layout.seed = getattr(layout, "seed", 0) + 1
-        seed = (layout.seed * 0x632BE5AB) & 0xFFFFFFFF
+    seed = (rounding_step * 0x632BE5AB) & 0xFFFFFFFF if compact else 0
     # On CPU the rule runs as one C loop over the whole group (compiling takes a tenth of a
     # second, once per program text and machine); elsewhere Inductor, or eager PyTorch.
     if compile is not False and device.type == "cpu" and dtype in native.DTYPES:
