@@ -112,7 +112,7 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
     lines = ["    real x0 = t0[i];", "    real x1 = t1[i];"]
     types["x0"] = types["x1"] = "real"
     for k in range(2, n_tensors):
-        load = (f"q8_decode_KIND{k}(t{k}[i], scale{k})" if quantized
+        load = (f"decoded{k}[i - b0]" if quantized
                 else f"bf16_load(t{k}[i])" if compact else f"t{k}[i]")
         lines.append(f"    real x{k} = {load};")
         types[f"x{k}"] = "real"
@@ -205,8 +205,9 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
 
 def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: str,
                       lines: list[str], declarations: str) -> str:
-    # Block by block: decode with the block's old scales, run the rule, keep the new state
-    # values of the block in float, then encode each written entry with its new scale.
+    # Block by block: decode the entries with the block's old scales into floats, run the rule,
+    # keep the new state values of the block in float, then encode each written entry with its
+    # new scale.
     from sgdlab.optim.quantized import BLOCK, C_CODEC
 
     entries = range(2, n_tensors)
@@ -223,8 +224,10 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     scales = "\n".join(
         f"        float* restrict q{k} = (float*)row[{n_tensors + k - 2}];" for k in entries
     )
-    block_scales = "\n".join(f"            float scale{k} = fabsf(q{k}[block]);" for k in entries)
-    kind = " | ".join(f"(signbit(q{k}[block]) ? {1 << (k - 2)} : 0)" for k in entries)
+    decodes = "\n".join(
+        f"            q8_decode_block(t{k} + b0, b1 - b0, q{k}[block], decoded{k});"
+        for k in entries
+    )
     buffers = "\n".join(
         f"            float out{k}[Q8_BLOCK]{f', root{k}[Q8_BLOCK]' if k in roots else ''};\n"
         f"            uint32_t amax{k} = 0, signs{k} = 0;" for k in outputs
@@ -236,19 +239,7 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
         for k in outputs
     )
     body_lines = lines + [f"    root{k}[i - b0] = {name};" for k, name in roots.items()]
-    # One loop per combination of the entries' block kinds (bit k - 2 set: entry k nonnegative).
-    loops = []
-    for combination in range(1 << len(entries)):
-        body = "\n".join("            " + line for line in body_lines)
-        for k in entries:
-            nonnegative = combination >> (k - 2) & 1
-            body = body.replace(f"KIND{k}(", "nonnegative(" if nonnegative else "signed(")
-        loops.append(f"""            case {combination}:
-            for (int64_t i = b0; i < b1; i++) {{
-{body}
-            }}
-            break;""")
-    cases = "\n".join(loops)
+    body = "\n".join("            " + line for line in body_lines)
     return (
         _PRELUDE.replace("TYPE", ctype) + C_CODEC.replace("Q8_BLOCK_SIZE", str(BLOCK))
         + f"""
@@ -268,13 +259,14 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
         int64_t offset = offsets[row_index];
 {pointers}
 {scales}
+{"".join(f"        float decoded{k}[Q8_BLOCK];" + chr(10) for k in entries)}\
         for (int64_t b0 = lo; b0 < hi; b0 += {BLOCK}) {{
             int64_t b1 = b0 + {BLOCK} < hi ? b0 + {BLOCK} : hi;
             int64_t block = b0 / {BLOCK};
-{block_scales}
+{decodes}
 {buffers}
-            switch ({kind}) {{
-{cases}
+            for (int64_t i = b0; i < b1; i++) {{
+{body}
             }}
 {encodes}
         }}

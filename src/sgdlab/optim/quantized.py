@@ -95,22 +95,29 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
 C_CODEC = r"""
 #define Q8_BLOCK Q8_BLOCK_SIZE
 /* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
-   left by 20, is the float's exponent and top 3 mantissa bits. A block's kind (signed or
-   nonnegative, the sign of its scale) is fixed, and the caller runs one loop per combination
-   of its entries' kinds: the per-element decode is a few branch-free integer operations. */
-static inline float q8_decode_signed(uint8_t code, float scale) {
-    uint32_t c = code, magnitude = c & 0x7Fu;
-    uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
-    bits &= 0u - (uint32_t)(magnitude >= 8u);  /* exponent 0: zero */
-    float y; memcpy(&y, &bits, 4);
-    return y * scale;
-}
-static inline float q8_decode_nonnegative(uint8_t code, float scale) {
-    uint32_t c = code;
-    uint32_t bits = (c + (96u << 3)) << 20;
-    bits &= 0u - (uint32_t)(c >= 8u);
-    float y; memcpy(&y, &bits, 4);
-    return y * y * scale;
+   left by 20, is the float's exponent and top 3 mantissa bits. A block is decoded into floats
+   before the rule's loop, which then runs on floats only (with bytes in it, the compiler
+   vectorizes it 32 elements wide and runs out of registers). */
+static inline void q8_decode_block(const uint8_t* restrict codes, int64_t n, float stored_scale,
+                                   float* restrict values) {
+    float scale = fabsf(stored_scale);
+    if (signbit(stored_scale)) {  /* nonnegative block: codes of square roots */
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t c = codes[j];
+            uint32_t bits = (c + (96u << 3)) << 20;
+            bits &= 0u - (uint32_t)(c >= 8u);  /* exponent 0: zero */
+            float y; memcpy(&y, &bits, 4);
+            values[j] = y * y * scale;
+        }
+    } else {
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t c = codes[j], magnitude = c & 0x7Fu;
+            uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
+            bits &= 0u - (uint32_t)(magnitude >= 8u);
+            float y; memcpy(&y, &bits, 4);
+            values[j] = y * scale;
+        }
+    }
 }
 /* The block's largest magnitude and whether any sign bit is set, from float bit patterns
    (integer max and or: the compiler vectorizes them); accumulated while the values are made. */
@@ -120,52 +127,60 @@ static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
     *amax_bits = magnitude > *amax_bits ? magnitude : *amax_bits;
     *signs |= b;
 }
-#if defined(__AVX2__)
-#include <immintrin.h>
-/* 32 codes at once, the loops below written out in AVX2 (the compiler's own vectorization of
+#if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
+#define Q8_AVX2 1
+/* 32 codes at once, the loops below written out for AVX2 (the compiler's own vectorization of
    them spends twice the instructions on 64-bit indices and byte packing). The clamp at 0 is a
-   saturating subtraction, the 16- and 8-bit packing saturating packs (values fit: no change). */
-static inline __m256i q8_noisy_bits(__m256 y, __m256i* hash) {
-    __m256i b = _mm256_add_epi32(_mm256_castps_si256(y), _mm256_srli_epi32(*hash, 12));
-    *hash = _mm256_add_epi32(*hash, _mm256_set1_epi32((int)(8u * 2654435761u)));
+   saturating subtraction, the 16- and 8-bit packing saturating packs (values fit: no change).
+   Written with GCC's vector extensions and four of its AVX2 builtins rather than
+   <immintrin.h>, whose parsing alone takes seconds per compiled kernel. */
+typedef float q8_f32x8 __attribute__((vector_size(32)));
+typedef uint32_t q8_u32x8 __attribute__((vector_size(32)));
+typedef int q8_i32x8 __attribute__((vector_size(32)));
+typedef short q8_i16x16 __attribute__((vector_size(32)));
+typedef uint16_t q8_u16x16 __attribute__((vector_size(32)));
+static inline q8_u32x8 q8_noisy_bits(const float* x, float inverse, q8_u32x8* hash) {
+    q8_f32x8 y;
+    memcpy(&y, x, 32);
+    y = y * inverse;
+    q8_u32x8 b = (q8_u32x8)y + (*hash >> 12);
+    *hash += 8u * 2654435761u;
     return b;
 }
-static inline void q8_store32(__m256i low, __m256i high, uint8_t* codes) {
-    __m256i c = _mm256_packus_epi16(low, high);  /* per 128-bit lane: put the dwords in order */
-    c = _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i*)codes, c);
+static inline void q8_store32(q8_i16x16 low, q8_i16x16 high, uint8_t* codes) {
+    /* per 128-bit lane: put the dwords in order */
+    const q8_i32x8 order = {0, 4, 1, 5, 2, 6, 3, 7};
+    q8_i32x8 c = __builtin_ia32_permvarsi256((q8_i32x8)__builtin_ia32_packuswb256(low, high),
+                                             order);
+    memcpy(codes, &c, 32);
 }
-static inline void q8_encode_signed32(const float* x, __m256 inverse, __m256i* hash,
+static inline q8_i16x16 q8_pack16(q8_u32x8 a, q8_u32x8 b) {
+    return __builtin_ia32_packusdw256((q8_i32x8)a, (q8_i32x8)b);
+}
+static inline void q8_encode_signed32(const float* x, float inverse, q8_u32x8* hash,
                                       uint8_t* codes) {
-    __m256i w[4];
-    for (int k = 0; k < 4; k++)
-        w[k] = _mm256_srli_epi32(
-            q8_noisy_bits(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), inverse), hash), 16);
-    const __m256i bias = _mm256_set1_epi16(112 << 3), sign = _mm256_set1_epi16(0x80);
-    const __m256i magnitude = _mm256_set1_epi16(0x7FFF);
-    __m256i half[2];
+    q8_u32x8 w[4];
+    for (int k = 0; k < 4; k++) w[k] = q8_noisy_bits(x + 8 * k, inverse, hash) >> 16;
+    const q8_i16x16 bias = (q8_i16x16){0} + (112 << 3);
+    q8_i16x16 half[2];
     for (int k = 0; k < 2; k++) {
-        __m256i top = _mm256_packus_epi32(w[2 * k], w[2 * k + 1]);  /* float bits 31..16 */
-        __m256i t = _mm256_subs_epu16(_mm256_srli_epi16(_mm256_and_si256(top, magnitude), 4),
-                                      bias);
-        half[k] = _mm256_or_si256(t, _mm256_and_si256(_mm256_srli_epi16(top, 8), sign));
+        q8_u16x16 top = (q8_u16x16)q8_pack16(w[2 * k], w[2 * k + 1]);  /* float bits 31..16 */
+        q8_i16x16 t = __builtin_ia32_psubusw256((q8_i16x16)((top & 0x7FFF) >> 4), bias);
+        half[k] = t | (q8_i16x16)((top >> 8) & 0x80);
     }
     q8_store32(half[0], half[1], codes);
 }
-static inline void q8_encode_nonnegative32(const float* root, __m256 inverse, __m256i* hash,
+static inline void q8_encode_nonnegative32(const float* root, float inverse, q8_u32x8* hash,
                                            uint8_t* codes) {
-    __m256i w[4];
-    for (int k = 0; k < 4; k++)
-        w[k] = _mm256_srli_epi32(
-            q8_noisy_bits(_mm256_mul_ps(_mm256_loadu_ps(root + 8 * k), inverse), hash), 20);
-    const __m256i bias = _mm256_set1_epi16(96 << 3);
-    q8_store32(_mm256_subs_epu16(_mm256_packus_epi32(w[0], w[1]), bias),
-               _mm256_subs_epu16(_mm256_packus_epi32(w[2], w[3]), bias), codes);
+    q8_u32x8 w[4];
+    for (int k = 0; k < 4; k++) w[k] = q8_noisy_bits(root + 8 * k, inverse, hash) >> 20;
+    const q8_i16x16 bias = (q8_i16x16){0} + (96 << 3);
+    q8_store32(__builtin_ia32_psubusw256(q8_pack16(w[0], w[1]), bias),
+               __builtin_ia32_psubusw256(q8_pack16(w[2], w[3]), bias), codes);
 }
-static inline __m256i q8_hash8(uint32_t hash) {
-    return _mm256_add_epi32(_mm256_set1_epi32((int)hash),
-                            _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                               _mm256_set1_epi32((int)2654435761u)));
+static inline q8_u32x8 q8_hash8(uint32_t hash) {
+    const q8_u32x8 lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    return hash + lanes * 2654435761u;
 }
 #endif
 /* Encode one block: x its new values, root their square roots where the rule computed them
@@ -183,10 +198,10 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
             root = roots;
         }
         uint32_t j = 0;
-#if defined(__AVX2__)
-        __m256i hash8 = q8_hash8(hash);
+#if defined(Q8_AVX2)
+        q8_u32x8 hash8 = q8_hash8(hash);
         for (; j + 32 <= count; j += 32)
-            q8_encode_nonnegative32(root + j, _mm256_set1_ps(inverse), &hash8, codes + j);
+            q8_encode_nonnegative32(root + j, inverse, &hash8, codes + j);
         hash += j * 2654435761u;
 #endif
         for (; j < count; j++, hash += 2654435761u) {
@@ -200,10 +215,10 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
     } else {
         float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
         uint32_t j = 0;
-#if defined(__AVX2__)
-        __m256i hash8 = q8_hash8(hash);
+#if defined(Q8_AVX2)
+        q8_u32x8 hash8 = q8_hash8(hash);
         for (; j + 32 <= count; j += 32)
-            q8_encode_signed32(x + j, _mm256_set1_ps(inverse), &hash8, codes + j);
+            q8_encode_signed32(x + j, inverse, &hash8, codes + j);
         hash += j * 2654435761u;
 #endif
         for (; j < count; j++, hash += 2654435761u) {
