@@ -149,6 +149,16 @@ def test_invalid_state_dtype_is_rejected_naming_it():
         compact_state(sgdlab.SGD(params, lr=0.1), torch.int8)
 
 
+def test_swats_refuses_compact_state_instead_of_ignoring_it():
+    # SWATS's Adam phase runs tensor by tensor: 8-bit zeros would stay zeros, silently.
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for dtype in (torch.bfloat16, torch.uint8):
+        with pytest.raises(ValueError, match="state_dtype"):
+            sgdlab.SWATS([{"params": params, "state_dtype": dtype}], lr=0.1)
+        with pytest.raises(ValueError, match="state_dtype"):
+            compact_state(sgdlab.SWATS(params, lr=0.1), dtype)
+
+
 @pytest.mark.parametrize("cls, options", [
     (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
     (sgdlab.AdamW, dict(lr=0.01)),

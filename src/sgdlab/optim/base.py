@@ -29,6 +29,8 @@ class RuleOptimizer(Optimizer):
     # Param-group keys that checkpoints of torch.optim (or of older versions) may lack, with the
     # value their absence means; filled in whenever a state_dict is loaded.
     group_defaults: ClassVar[dict[str, Any]] = {}
+    # Whether param groups may set ``state_dtype`` (compact state needs the grouped path).
+    compact_state_supported: ClassVar[bool] = True
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         type(self).validate(**defaults)
@@ -61,6 +63,14 @@ class RuleOptimizer(Optimizer):
         # defaults alone, so a group with lr=-1 would be accepted there).
         group = self.param_groups[-1]
         type(self).validate(**{k: v for k, v in group.items() if k != "params"})
+        self.check_state_dtype(group.get("state_dtype"))
+
+    def check_state_dtype(self, state_dtype: Any) -> None:
+        if state_dtype is not None and not type(self).compact_state_supported:
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} keeps its state in "
+                "the parameters' dtype)"
+            )
 
     # --- what a subclass provides -------------------------------------------------------------
     def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:

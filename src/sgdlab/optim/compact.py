@@ -38,6 +38,7 @@ def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16)
         )
     if not isinstance(optimizer, RuleOptimizer):
         raise TypeError(f"compact_state needs an sgdlab optimizer, got {type(optimizer).__name__}")
+    optimizer.check_state_dtype(dtype)
     for group in optimizer.param_groups:
         group["state_dtype"] = dtype
     return optimizer

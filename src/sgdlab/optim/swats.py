@@ -99,6 +99,10 @@ class SWATS(RuleOptimizer):
         )
 
     # --- the two phases ----------------------------------------------------------------------
+    # The Adam phase runs tensor by tensor (its projection compares each parameter before and
+    # after the step): there is no grouped loop to round compact state in.
+    compact_state_supported = False
+
     def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         return {
