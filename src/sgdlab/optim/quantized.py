@@ -94,51 +94,43 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
 # The same codec, element by element, for sgdlab.optim.native's loop.
 C_CODEC = r"""
 #define Q8_BLOCK Q8_BLOCK_SIZE
-/* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
-   left by 20, is the float's exponent and top 3 mantissa bits. A block is decoded into floats
-   before the rule's loop, which then runs on floats only (with bytes in it, the compiler
-   vectorizes it 32 elements wide and runs out of registers). */
-static inline void q8_decode_block(const uint8_t* restrict codes, int64_t n, float stored_scale,
-                                   float* restrict values) {
-    float scale = fabsf(stored_scale);
-    if (signbit(stored_scale)) {  /* nonnegative block: codes of square roots */
-        for (int64_t j = 0; j < n; j++) {
-            uint32_t c = codes[j];
-            uint32_t bits = (c + (96u << 3)) << 20;
-            bits &= 0u - (uint32_t)(c >= 8u);  /* exponent 0: zero */
-            float y; memcpy(&y, &bits, 4);
-            values[j] = y * y * scale;
-        }
-    } else {
-        for (int64_t j = 0; j < n; j++) {
-            uint32_t c = codes[j], magnitude = c & 0x7Fu;
-            uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
-            bits &= 0u - (uint32_t)(magnitude >= 8u);
-            float y; memcpy(&y, &bits, 4);
-            values[j] = y * scale;
-        }
-    }
-}
-/* The block's largest magnitude and whether any sign bit is set, from float bit patterns
-   (integer max and or: the compiler vectorizes them); accumulated while the values are made. */
-static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
-    uint32_t b; memcpy(&b, &x, 4);
-    uint32_t magnitude = b & 0x7FFFFFFFu;
-    *amax_bits = magnitude > *amax_bits ? magnitude : *amax_bits;
-    *signs |= b;
-}
 #if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
-#define Q8_AVX2 1
-/* 32 codes at once, the loops below written out for AVX2 (the compiler's own vectorization of
-   them spends twice the instructions on 64-bit indices and byte packing). The clamp at 0 is a
-   saturating subtraction, the 16- and 8-bit packing saturating packs (values fit: no change).
-   Written with GCC's vector extensions and four of its AVX2 builtins rather than
-   <immintrin.h>, whose parsing alone takes seconds per compiled kernel. */
+#define Q8_VECTORS 1
+/* The codec's loops written out for AVX2 (the compiler's own vectorization of them spends twice
+   the instructions on widening bytes, 64-bit indices and packing). Codes are handled as 16-bit
+   lanes holding a float's top half. Encoding: the clamp at 0 is a saturating subtraction, the
+   16- and 8-bit packing saturating packs (values fit: no change). Written with GCC's vector
+   extensions and four of its AVX2 builtins rather than <immintrin.h>, whose parsing alone takes
+   seconds per compiled kernel. */
 typedef float q8_f32x8 __attribute__((vector_size(32)));
 typedef uint32_t q8_u32x8 __attribute__((vector_size(32)));
 typedef int q8_i32x8 __attribute__((vector_size(32)));
 typedef short q8_i16x16 __attribute__((vector_size(32)));
 typedef uint16_t q8_u16x16 __attribute__((vector_size(32)));
+typedef uint8_t q8_u8x16 __attribute__((vector_size(16)));
+/* 16 codes, widened to 16-bit lanes in the order q8_widen16's unpacks restore */
+static inline q8_u16x16 q8_load16(const uint8_t* codes) {
+    q8_u8x16 raw;
+    memcpy(&raw, codes, 16);
+    raw = __builtin_shufflevector(raw, raw, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
+    return __builtin_convertvector(raw, q8_u16x16);
+}
+/* 16 floats from their top halves (unpacked with zeros), squared or not, times scale */
+static inline void q8_widen16(q8_u16x16 top, float scale, int square, float* values) {
+    const q8_u16x16 zero = {0};
+    q8_f32x8 a = (q8_f32x8)__builtin_shufflevector(zero, top, 0, 16, 1, 17, 2, 18, 3, 19,
+                                                   8, 24, 9, 25, 10, 26, 11, 27);
+    q8_f32x8 b = (q8_f32x8)__builtin_shufflevector(zero, top, 4, 20, 5, 21, 6, 22, 7, 23,
+                                                   12, 28, 13, 29, 14, 30, 15, 31);
+    if (square) {
+        a = a * a;
+        b = b * b;
+    }
+    a = a * scale;
+    b = b * scale;
+    memcpy(values, &a, 32);
+    memcpy(values + 8, &b, 32);
+}
 static inline q8_u32x8 q8_noisy_bits(const float* x, float inverse, q8_u32x8* hash) {
     q8_f32x8 y;
     memcpy(&y, x, 32);
@@ -183,6 +175,54 @@ static inline q8_u32x8 q8_hash8(uint32_t hash) {
     return hash + lanes * 2654435761u;
 }
 #endif
+/* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
+   left by 20, is the float's exponent and top 3 mantissa bits. A block is decoded into floats
+   before the rule's loop, which then runs on floats only (with bytes in it, the compiler
+   vectorizes it 32 elements wide and runs out of registers). */
+static inline void q8_decode_block(const uint8_t* restrict codes, int64_t n, float stored_scale,
+                                   float* restrict values) {
+    float scale = fabsf(stored_scale);
+    int64_t j = 0;
+    if (signbit(stored_scale)) {  /* nonnegative block: codes of square roots */
+#if defined(Q8_VECTORS)
+        for (; j + 16 <= n; j += 16) {
+            q8_u16x16 c = q8_load16(codes + j);
+            q8_widen16((c << 4 | 0x3000) & (q8_u16x16)((q8_i16x16)c > 7), scale, 1, values + j);
+        }
+#endif
+        for (; j < n; j++) {
+            uint32_t c = codes[j];
+            uint32_t bits = (c + (96u << 3)) << 20;
+            bits &= 0u - (uint32_t)(c >= 8u);  /* exponent 0: zero */
+            float y; memcpy(&y, &bits, 4);
+            values[j] = y * y * scale;
+        }
+    } else {
+#if defined(Q8_VECTORS)
+        for (; j + 16 <= n; j += 16) {
+            q8_u16x16 c = q8_load16(codes + j), magnitude = c & 0x7F;
+            q8_u16x16 top = (magnitude << 4 | 0x3800) | (c & 0x80) << 8;
+            q8_widen16(top & (q8_u16x16)((q8_i16x16)magnitude > 7), scale, 0, values + j);
+        }
+#endif
+        for (; j < n; j++) {
+            uint32_t c = codes[j], magnitude = c & 0x7Fu;
+            uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
+            bits &= 0u - (uint32_t)(magnitude >= 8u);
+            float y; memcpy(&y, &bits, 4);
+            values[j] = y * scale;
+        }
+    }
+}
+/* The block's largest magnitude and whether any sign bit is set, from float bit patterns
+   (integer max and or: the compiler vectorizes them); accumulated while the values are made. */
+static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
+    uint32_t b; memcpy(&b, &x, 4);
+    uint32_t magnitude = b & 0x7FFFFFFFu;
+    *amax_bits = magnitude > *amax_bits ? magnitude : *amax_bits;
+    *signs |= b;
+}
+
 /* Encode one block: x its new values, root their square roots where the rule computed them
    (else NULL), amax_bits and signs from q8_observe. */
 static inline void q8_encode(const float* x, const float* root, int64_t n, uint8_t* codes,
@@ -198,7 +238,7 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
             root = roots;
         }
         uint32_t j = 0;
-#if defined(Q8_AVX2)
+#if defined(Q8_VECTORS)
         q8_u32x8 hash8 = q8_hash8(hash);
         for (; j + 32 <= count; j += 32)
             q8_encode_nonnegative32(root + j, inverse, &hash8, codes + j);
@@ -215,7 +255,7 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
     } else {
         float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
         uint32_t j = 0;
-#if defined(Q8_AVX2)
+#if defined(Q8_VECTORS)
         q8_u32x8 hash8 = q8_hash8(hash);
         for (; j + 32 <= count; j += 32)
             q8_encode_signed32(x + j, inverse, &hash8, codes + j);
