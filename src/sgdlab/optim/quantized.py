@@ -149,26 +149,20 @@ static inline void q8_store32(q8_i16x16 low, q8_i16x16 high, uint8_t* codes) {
 static inline q8_i16x16 q8_pack16(q8_u32x8 a, q8_u32x8 b) {
     return __builtin_ia32_packusdw256((q8_i32x8)a, (q8_i32x8)b);
 }
-static inline void q8_encode_signed32(const float* x, float inverse, q8_u32x8* hash,
-                                      uint8_t* codes) {
+/* 32 codes of either kind: bias is the kind's exponent bias in code units; a nonnegative
+   block's source has no sign bits, so the same operations serve it. */
+static inline void q8_encode32(const float* source, float inverse, short bias, q8_u32x8* hash,
+                               uint8_t* codes) {
     q8_u32x8 w[4];
-    for (int k = 0; k < 4; k++) w[k] = q8_noisy_bits(x + 8 * k, inverse, hash) >> 16;
-    const q8_i16x16 bias = (q8_i16x16){0} + (112 << 3);
+    for (int k = 0; k < 4; k++) w[k] = q8_noisy_bits(source + 8 * k, inverse, hash) >> 16;
+    const q8_i16x16 biases = (q8_i16x16){0} + bias;
     q8_i16x16 half[2];
     for (int k = 0; k < 2; k++) {
         q8_u16x16 top = (q8_u16x16)q8_pack16(w[2 * k], w[2 * k + 1]);  /* float bits 31..16 */
-        q8_i16x16 t = __builtin_ia32_psubusw256((q8_i16x16)((top & 0x7FFF) >> 4), bias);
+        q8_i16x16 t = __builtin_ia32_psubusw256((q8_i16x16)((top & 0x7FFF) >> 4), biases);
         half[k] = t | (q8_i16x16)((top >> 8) & 0x80);
     }
     q8_store32(half[0], half[1], codes);
-}
-static inline void q8_encode_nonnegative32(const float* root, float inverse, q8_u32x8* hash,
-                                           uint8_t* codes) {
-    q8_u32x8 w[4];
-    for (int k = 0; k < 4; k++) w[k] = q8_noisy_bits(root + 8 * k, inverse, hash) >> 20;
-    const q8_i16x16 bias = (q8_i16x16){0} + (96 << 3);
-    q8_store32(__builtin_ia32_psubusw256(q8_pack16(w[0], w[1]), bias),
-               __builtin_ia32_psubusw256(q8_pack16(w[2], w[3]), bias), codes);
 }
 static inline q8_u32x8 q8_hash8(uint32_t hash) {
     const q8_u32x8 lanes = {0, 1, 2, 3, 4, 5, 6, 7};
@@ -231,44 +225,36 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
     float amax; memcpy(&amax, &amax_bits, 4);
     uint32_t hash = (seed + (uint32_t)position) * 2654435761u, count = (uint32_t)n;
     float roots[Q8_BLOCK];
+    const float* source = x;
+    float inverse;
+    uint32_t bias;
     if (!(signs >> 31)) {  /* nonnegative: the square-root domain */
-        float inverse = amax == 0.0f ? 0.0f : 1.0f / sqrtf(amax);
         if (!root) {
             for (uint32_t j = 0; j < count; j++) roots[j] = sqrtf(x[j]);
             root = roots;
         }
-        uint32_t j = 0;
-#if defined(Q8_VECTORS)
-        q8_u32x8 hash8 = q8_hash8(hash);
-        for (; j + 32 <= count; j += 32)
-            q8_encode_nonnegative32(root + j, inverse, &hash8, codes + j);
-        hash += j * 2654435761u;
-#endif
-        for (; j < count; j++, hash += 2654435761u) {
-            float y = root[j] * inverse;
-            uint32_t b; memcpy(&b, &y, 4);
-            b += hash >> 12;
-            uint32_t t = b >> 20;
-            codes[j] = (uint8_t)(t > (96u << 3) ? t - (96u << 3) : 0u);
-        }
+        source = root;
+        inverse = amax == 0.0f ? 0.0f : 1.0f / sqrtf(amax);
+        bias = 96u << 3;
         *scale_out = -amax;
     } else {
-        float inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
-        uint32_t j = 0;
-#if defined(Q8_VECTORS)
-        q8_u32x8 hash8 = q8_hash8(hash);
-        for (; j + 32 <= count; j += 32)
-            q8_encode_signed32(x + j, inverse, &hash8, codes + j);
-        hash += j * 2654435761u;
-#endif
-        for (; j < count; j++, hash += 2654435761u) {
-            float y = x[j] * inverse;
-            uint32_t b; memcpy(&b, &y, 4);
-            b += hash >> 12;
-            uint32_t t = (b >> 20) & 0x7FFu;
-            codes[j] = (uint8_t)((t > (112u << 3) ? t - (112u << 3) : 0u) | ((b >> 24) & 0x80u));
-        }
+        inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
+        bias = 112u << 3;
         *scale_out = amax;
+    }
+    uint32_t j = 0;
+#if defined(Q8_VECTORS)
+    q8_u32x8 hash8 = q8_hash8(hash);
+    for (; j + 32 <= count; j += 32)
+        q8_encode32(source + j, inverse, (short)bias, &hash8, codes + j);
+    hash += j * 2654435761u;
+#endif
+    for (; j < count; j++, hash += 2654435761u) {
+        float y = source[j] * inverse;
+        uint32_t b; memcpy(&b, &y, 4);
+        b += hash >> 12;
+        uint32_t t = (b >> 20) & 0x7FFu;  /* exponent and top 3 mantissa bits */
+        codes[j] = (uint8_t)((t > bias ? t - bias : 0u) | ((b >> 24) & 0x80u));
     }
 }
 """
