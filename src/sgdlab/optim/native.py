@@ -66,10 +66,12 @@ static inline real minimum(real a, real b) { return (a < b || a != a) ? a : b; }
 static inline float bf16_load(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16; float x; memcpy(&x, &bits, 4); return x;
 }
-/* program.round_to_bfloat16, element by element: add hashed noise below the cut, truncate. */
-static inline uint16_t bf16_store(float x, uint32_t position) {
+/* program.round_to_bfloat16, element by element: add hashed noise below the cut, truncate.
+   hash is the element's position times the hash constant (the loop advances it by the constant:
+   a 32-bit induction the compiler vectorizes, where position from a 64-bit index would not). */
+static inline uint16_t bf16_store(float x, uint32_t hash) {
     uint32_t bits; memcpy(&bits, &x, 4);
-    uint32_t noise = ((position * 2654435761u) >> 16) & 0xFFFFu;
+    uint32_t noise = (hash >> 16) & 0xFFFFu;
     return (uint16_t)((bits + noise) >> 16);
 }
 """
@@ -164,7 +166,7 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
             lines.append(f"    out{slot}[i - b0] = {name};")
             lines.append(f"    q8_observe({name}, &amax{slot}, &signs{slot});")
         elif compact and slot >= 2:
-            lines.append(f"    t{slot}[i] = bf16_store({name}, seed + (uint32_t)(offset + i));")
+            lines.append(f"    t{slot}[i] = bf16_store({name}, hash);")
         else:
             lines.append(f"    t{slot}[i] = {name};")
 
@@ -184,7 +186,7 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
 void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
                  const int64_t* offsets, const real* s, const double* c, uint32_t seed)
 {{
-    (void)c; (void)seed; (void)offsets;
+    (void)c;
 {declarations}
     for (;;) {{
         /* Chunks are claimed one at a time: a thread that starts late takes fewer. */
@@ -194,7 +196,8 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
         void* const* row = rows + {n_tensors} * row_index;
         int64_t offset = offsets[row_index];
 {pointers}
-        for (int64_t i = lo; i < hi; i++) {{
+        uint32_t hash = (seed + (uint32_t)(offset + lo)) * 2654435761u;
+        for (int64_t i = lo; i < hi; i++, hash += 2654435761u) {{
 {body}
         }}
     }}
