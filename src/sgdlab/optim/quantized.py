@@ -108,12 +108,13 @@ typedef int q8_i32x8 __attribute__((vector_size(32)));
 typedef short q8_i16x16 __attribute__((vector_size(32)));
 typedef uint16_t q8_u16x16 __attribute__((vector_size(32)));
 typedef uint8_t q8_u8x16 __attribute__((vector_size(16)));
+typedef char q8_i8x16 __attribute__((vector_size(16)));
 /* 16 codes, widened to 16-bit lanes in the order q8_widen16's unpacks restore */
 static inline q8_u16x16 q8_load16(const uint8_t* codes) {
     q8_u8x16 raw;
     memcpy(&raw, codes, 16);
-    raw = __builtin_shufflevector(raw, raw, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
-    return __builtin_convertvector(raw, q8_u16x16);
+    q8_u16x16 wide = (q8_u16x16)__builtin_ia32_pmovzxbw256((q8_i8x16)raw);  /* vpmovzxbw */
+    return __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 /* 16 floats from their top halves (unpacked with zeros), squared or not, times scale */
 static inline void q8_widen16(q8_u16x16 top, float scale, int square, float* values) {
