@@ -282,14 +282,16 @@ def grouped_supported(params: list[Tensor], grads: list[Tensor], group: dict[str
         return False
     plain = (Tensor, torch.nn.Parameter)  # tensor subclasses (DTensor, ...) go per-tensor
     strided = torch.strided
+    # torch checks a gradient's dtype, device and shape when .grad is assigned, but not when
+    # .grad.data is: dtype and shape are checked again, since the C loop trusts them.
     for param, grad in zip(params, grads):
         if (
             type(param) not in plain
             or type(grad) is not Tensor
-            or param.dtype != dtype
-            or grad.dtype != dtype
+            or param.dtype is not dtype
+            or grad.dtype is not dtype
             or param.device != device
-            or grad.layout != strided
+            or grad.layout is not strided
             or grad.shape != param.shape
             or not param.is_contiguous()
             or not grad.is_contiguous()
