@@ -19,8 +19,8 @@ A state entry ``key`` is stored as ``state[key]`` (uint8 codes, shaped like the 
 
 The codec exists twice, on purpose, side by side: in PyTorch operations (:func:`encode`,
 :func:`decode`; the CUDA and fallback path, and the tests' reference) and as C for the CPU loop
-(:data:`C_CODEC`, whose encoder also has an AVX2 form: on 2 cores the 8-bit step is bound by
-this arithmetic, not by memory). The tests require them all to agree bit for bit.
+(:data:`C_CODEC`, whose loops also have AVX2 forms: on 2 cores the 8-bit step is bound by this
+arithmetic, not by memory). The tests require them all to agree bit for bit.
 """
 
 from __future__ import annotations
