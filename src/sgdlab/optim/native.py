@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from sgdlab.optim.program import Program
+from sgdlab.optim.program import HASH, Program
 
 # Elements per unit of parallel work: large enough that a chunk's bookkeeping is noise, small
 # enough that two threads finish together.
@@ -60,6 +60,7 @@ _PRELUDE = """
 #include <string.h>
 
 typedef TYPE real;
+#define SGDLAB_HASH HASHu  /* program.HASH: the rounding noise's multiplier */
 
 static inline real maximum(real a, real b) { return (a > b || a != a) ? a : b; }
 static inline real minimum(real a, real b) { return (a < b || a != a) ? a : b; }
@@ -67,8 +68,8 @@ static inline float bf16_load(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16; float x; memcpy(&x, &bits, 4); return x;
 }
 /* program.round_to_bfloat16, element by element: add hashed noise below the cut, truncate.
-   hash is the element's position times the hash constant (the loop advances it by the constant:
-   a 32-bit induction the compiler vectorizes, where position from a 64-bit index would not). */
+   hash is the element's position times SGDLAB_HASH (the loop advances it by SGDLAB_HASH: a
+   32-bit induction the compiler vectorizes, where position from a 64-bit index would not). */
 static inline uint16_t bf16_store(float x, uint32_t hash) {
     uint32_t bits; memcpy(&bits, &x, 4);
     uint32_t noise = (hash >> 16) & 0xFFFFu;
@@ -179,10 +180,24 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
     if quantized:
         return _quantized_source(program, ctype, n_tensors, pointers, lines, declarations)
     body = "\n".join("        " + line for line in lines)
-    return (
-        _PRELUDE.replace("TYPE", ctype)
-        + f"""
-/* {n_tensors} tensors per row: parameter, gradient, state entries. */
+    return _prelude(ctype) + f"""
+/* {n_tensors} tensors per row: parameter, gradient, state entries. */""" + _step_function(
+        declarations, n_tensors, f"""\
+{pointers}
+        uint32_t hash = (seed + (uint32_t)(offset + lo)) * SGDLAB_HASH;
+        for (int64_t i = lo; i < hi; i++, hash += SGDLAB_HASH) {{
+{body}
+        }}""")
+
+
+def _prelude(ctype: str) -> str:
+    return _PRELUDE.replace("TYPE", ctype).replace("HASHu", f"{HASH}u")
+
+
+def _step_function(declarations: str, row_width: int, chunk: str) -> str:
+    """The kernel's entry point: threads claim chunks (a row of ``row_width`` pointers, elements
+    ``lo`` to ``hi``, at ``offset`` in the flat state) and run ``chunk``, the C for one."""
+    return f"""
 void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
                  const int64_t* offsets, const real* s, const double* c, uint32_t seed)
 {{
@@ -193,17 +208,12 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
         int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
         if (k >= n_chunks) break;
         int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
-        void* const* row = rows + {n_tensors} * row_index;
+        void* const* row = rows + {row_width} * row_index;
         int64_t offset = offsets[row_index];
-{pointers}
-        uint32_t hash = (seed + (uint32_t)(offset + lo)) * 2654435761u;
-        for (int64_t i = lo; i < hi; i++, hash += 2654435761u) {{
-{body}
-        }}
+{chunk}
     }}
 }}
 """
-    )
 
 
 def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: str,
@@ -211,7 +221,7 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     # Block by block: decode the entries with the block's old scales into floats, run the rule,
     # keep the new state values of the block in float, then encode each written entry with its
     # new scale.
-    from sgdlab.optim.quantized import BLOCK, C_CODEC
+    from sgdlab.optim.quantized import BLOCK, C_CODEC, SALT
 
     entries = range(2, n_tensors)
     outputs = {slot: name for slot, name in program.outputs if slot >= 2}
@@ -238,31 +248,19 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
     encodes = "\n".join(
         f"            q8_encode(out{k}, {f'root{k}' if k in roots else '(const float*)0'}, "
         f"b1 - b0, t{k} + b0, &q{k}[block], amax{k}, signs{k}, "
-        f"seed + {k}u * 0x9E3779B9u, offset + b0);"
+        f"seed + {k}u * {SALT:#x}u, offset + b0);"  # quantized.entry_seed
         for k in outputs
     )
     body_lines = lines + [f"    root{k}[i - b0] = {name};" for k, name in roots.items()]
     body = "\n".join("            " + line for line in body_lines)
-    return (
-        _PRELUDE.replace("TYPE", ctype) + C_CODEC.replace("Q8_BLOCK_SIZE", str(BLOCK))
-        + f"""
+    decoded = "".join(f"        float decoded{k}[Q8_BLOCK];\n" for k in entries)
+    return _prelude(ctype) + C_CODEC.replace("Q8_BLOCK_SIZE", str(BLOCK)) + f"""
 /* {n_tensors} tensors per row (parameter, gradient, 8-bit state entries), then the entries'
-   block scales. Chunks start on block boundaries. */
-void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
-                 const int64_t* offsets, const real* s, const double* c, uint32_t seed)
-{{
-    (void)c;
-{declarations}
-    for (;;) {{
-        /* Chunks are claimed one at a time: a thread that starts late takes fewer. */
-        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
-        if (k >= n_chunks) break;
-        int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
-        void* const* row = rows + {2 * n_tensors - 2} * row_index;
-        int64_t offset = offsets[row_index];
+   block scales. Chunks start on block boundaries. */""" + _step_function(
+        declarations, 2 * n_tensors - 2, f"""\
 {pointers}
 {scales}
-{"".join(f"        float decoded{k}[Q8_BLOCK];" + chr(10) for k in entries)}\
+{decoded}\
         for (int64_t b0 = lo; b0 < hi; b0 += {BLOCK}) {{
             int64_t b1 = b0 + {BLOCK} < hi ? b0 + {BLOCK} : hi;
             int64_t block = b0 / {BLOCK};
@@ -272,11 +270,7 @@ void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* c
 {body}
             }}
 {encodes}
-        }}
-    }}
-}}
-"""
-    )
+        }}""")
 
 
 # --- compiling and loading ------------------------------------------------------------------------

@@ -168,6 +168,11 @@ class _Ops:
 
 
 # --- storage codecs: how a state tensor is kept in memory -----------------------------------------
+# The rounding noise's hash multiplier (Knuth's, 2^32 / golden ratio), for every codec and path:
+# bfloat16 and 8-bit, PyTorch and C.
+HASH = 2654435761
+
+
 def round_to_bfloat16(x: Tensor, seed: Any) -> Tensor:
     """Round float32 ``x`` to bfloat16 stochastically (unbiased in expectation).
 
@@ -178,7 +183,7 @@ def round_to_bfloat16(x: Tensor, seed: Any) -> Tensor:
     """
     # Multiplicative (Fibonacci) hashing of (index + seed), keeping the well-mixed high bits;
     # int32 arithmetic wraps on overflow in PyTorch and in Inductor's vector code.
-    h = (torch.arange(x.shape[0], device=x.device, dtype=torch.int32) + seed) * -1640531535
+    h = (torch.arange(x.shape[0], device=x.device, dtype=torch.int32) + seed) * (HASH - 2**32)
     noise = (h >> 16) & 0xFFFF
     bits = (x.view(torch.int32) + noise) & -65536
     return bits.view(torch.float32).to(torch.bfloat16)

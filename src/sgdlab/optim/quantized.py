@@ -28,15 +28,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sgdlab.optim.program import HASH
+
 BLOCK = 256
 SUFFIX = ".absmax"
-_HASH = 2654435761  # Knuth's multiplicative hash constant, 2^32 / golden ratio
-_SALT = 0x9E3779B9  # decorrelates the rounding noise of different state entries
+SALT = 0x9E3779B9  # decorrelates the rounding noise of different state entries
 
 
 def entry_seed(seed: int, slot: int) -> int:
     """The rounding seed of state entry ``slot`` in the step with ``seed``."""
-    return (seed + slot * _SALT) & 0xFFFFFFFF
+    return (seed + slot * SALT) & 0xFFFFFFFF
 
 
 def encode(x: Tensor, seed: int, position: int) -> tuple[Tensor, Tensor]:
@@ -57,7 +58,7 @@ def encode(x: Tensor, seed: int, position: int) -> tuple[Tensor, Tensor]:
                     padded * inverse[:, None])
 
     index = torch.arange(blocks * BLOCK, device=x.device, dtype=torch.int64).view(blocks, BLOCK)
-    noise = (((index + seed + position) & 0xFFFFFFFF) * _HASH & 0xFFFFFFFF) >> 12
+    noise = (((index + seed + position) & 0xFFFFFFFF) * HASH & 0xFFFFFFFF) >> 12
     b = ((y.view(torch.int32).long() & 0xFFFFFFFF) + noise) & 0xFFFFFFFF
     # Exponent and top 3 mantissa bits, rebased to the code's exponent bias and clamped at 0:
     # values below the smallest exponent land in the exponent-0 row, which decodes as zero.
@@ -137,7 +138,7 @@ static inline q8_u32x8 q8_noisy_bits(const float* x, float inverse, q8_u32x8* ha
     memcpy(&y, x, 32);
     y = y * inverse;
     q8_u32x8 b = (q8_u32x8)y + (*hash >> 12);
-    *hash += 8u * 2654435761u;
+    *hash += 8u * SGDLAB_HASH;
     return b;
 }
 static inline void q8_store32(q8_i16x16 low, q8_i16x16 high, uint8_t* codes) {
@@ -167,7 +168,7 @@ static inline void q8_encode32(const float* source, float inverse, short bias, q
 }
 static inline q8_u32x8 q8_hash8(uint32_t hash) {
     const q8_u32x8 lanes = {0, 1, 2, 3, 4, 5, 6, 7};
-    return hash + lanes * 2654435761u;
+    return hash + lanes * SGDLAB_HASH;
 }
 #endif
 /* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
@@ -224,7 +225,7 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
                              float* scale_out, uint32_t amax_bits, uint32_t signs, uint32_t seed,
                              int64_t position) {
     float amax; memcpy(&amax, &amax_bits, 4);
-    uint32_t hash = (seed + (uint32_t)position) * 2654435761u, count = (uint32_t)n;
+    uint32_t hash = (seed + (uint32_t)position) * SGDLAB_HASH, count = (uint32_t)n;
     float roots[Q8_BLOCK];
     const float* source = x;
     float inverse;
@@ -248,9 +249,9 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
     q8_u32x8 hash8 = q8_hash8(hash);
     for (; j + 32 <= count; j += 32)
         q8_encode32(source + j, inverse, (short)bias, &hash8, codes + j);
-    hash += j * 2654435761u;
+    hash += j * SGDLAB_HASH;
 #endif
-    for (; j < count; j++, hash += 2654435761u) {
+    for (; j < count; j++, hash += SGDLAB_HASH) {
         float y = source[j] * inverse;
         uint32_t b; memcpy(&b, &y, 4);
         b += hash >> 12;
