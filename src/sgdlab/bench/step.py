@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from sgdlab.bench import shapes as shape_lists
+from sgdlab.optim.quantized import BLOCK
 
 # name -> (description, shapes factory)
 CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
@@ -183,8 +184,8 @@ def ideal_bytes(optimizer: str, contender: str, params: list[torch.Tensor]) -> i
     _, _, words = OPTIMIZERS[optimizer]
     numel = sum(p.numel() for p in params)
     state_words = words - 3
-    # 8-bit state: one byte per element plus a float32 scale per block of 256.
-    state_width = 2 if "bf16" in contender else 1 + 4 / 256 if "8-bit" in contender else 4
+    # 8-bit state: one byte per element plus a float32 scale per block.
+    state_width = 2 if "bf16" in contender else 1 + 4 / BLOCK if "8-bit" in contender else 4
     return int(numel * (3 * 4 + state_words * state_width))
 
 

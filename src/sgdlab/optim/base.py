@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.optim import execution
+from sgdlab.optim import execution, quantized
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -53,7 +53,7 @@ class RuleOptimizer(Optimizer):
         # with block scales beside it) are integers 0..255, cast back exactly.
         for state in self.state.values():
             for key in list(state):
-                scales = state.get(key + ".absmax")
+                scales = state.get(key + quantized.SUFFIX)
                 if scales is not None and state[key].dtype != torch.uint8:
                     state[key] = state[key].to(torch.uint8)
 
@@ -150,8 +150,9 @@ class RuleOptimizer(Optimizer):
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""
         hyperparameters = self.rule_hyperparameters(group)
         state_dtype = group.get("state_dtype")
+        compact = state_dtype is not None and state_dtype != params[0].dtype
         rounding_step = 0
-        if state_dtype is not None and state_dtype != params[0].dtype:
+        if compact:
             # Compact state is rounded stochastically; the noise's seed counts the group's
             # compact steps and lives in the param group, so it is saved with the checkpoint and
             # a resumed run rounds exactly as an uninterrupted one would.
@@ -162,7 +163,7 @@ class RuleOptimizer(Optimizer):
                                  layouts=layouts, layout_key=index, state_dtype=state_dtype,
                                  rounding_step=rounding_step):
                 return
-        if state_dtype is not None and state_dtype != params[0].dtype:
+        if compact:
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} needs the grouped execution path (same "
                 "device and dtype, dense contiguous tensors, not differentiable or capturable)"
