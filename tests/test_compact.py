@@ -277,6 +277,35 @@ def test_tiny_second_moments_in_a_block_are_not_flushed_to_zero():
     torch.testing.assert_close(decoded[1:], v[1:], rtol=0.3, atol=0)
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["c-loop", "pytorch-codec"])
+def test_a_block_whose_largest_momentum_is_subnormal_is_stored_as_zeros(native, monkeypatch):
+    # A unit whose gradient has been zero for long: its momentum decays into float32's subnormal
+    # range, where 1 / amax overflows. Such a block is flushed to zeros, not stored as garbage.
+    monkeypatch.setenv("SGDLAB_NATIVE", native)
+    param = torch.nn.Parameter(torch.ones(300))
+    optimizer = sgdlab.SGD([{"params": [param], "state_dtype": torch.uint8}], lr=0.1, momentum=0.5)
+    state = optimizer.state_dict()
+    # Both signs in every block; largest magnitude 1.5e-38: normal when loaded, subnormal after
+    # one step of decay.
+    signs = torch.tensor([-1.0, 1.0]).repeat(150)
+    state["state"][0] = {"momentum_buffer": signs * torch.linspace(0.01, 1, 300) * 1.5e-38}
+    optimizer.load_state_dict(state)
+    param.grad = torch.zeros(300)
+    optimizer.step()
+    entry = optimizer.state[param]
+    stored = quantized.decode(entry["momentum_buffer"], entry["momentum_buffer" + quantized.SUFFIX])
+    assert torch.equal(stored, torch.zeros(300))
+    assert torch.equal(param.detach(), torch.ones(300))
+
+
+def test_codec_flushes_blocks_below_the_smallest_normal_float_to_zero():
+    x = torch.tensor([-1.0, 1.0]).repeat(quantized.BLOCK) * torch.linspace(0.01, 1, 2 * quantized.BLOCK)
+    x[quantized.BLOCK:] *= 2e-39  # second block: subnormal largest magnitude
+    decoded = quantized.decode(*quantized.encode(x, 7, 0))
+    assert torch.equal(decoded[quantized.BLOCK:], torch.zeros(quantized.BLOCK))
+    assert ((decoded[:quantized.BLOCK] - x[:quantized.BLOCK]).abs() <= 0.125 * x[:quantized.BLOCK].abs() + 2**-14).all()
+
+
 def test_eight_bit_state_dict_round_trips_exactly_and_training_continues():
     options = dict(lr=0.01, weight_decay=0.01)
     params, optimizer = run(sgdlab.AdamW, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)

@@ -6,7 +6,8 @@ largest magnitude, so an outlier only costs precision in its own block. Codes ar
 (floating point), because optimizer state spans orders of magnitude within a block:
 
 * a block with both signs (momentum, Adam's first moment) stores ``y = x / scale`` as
-  sign + 4-bit exponent + 3-bit mantissa: 2^-14 <= |y| <= 1, 12.5 % steps;
+  sign + 4-bit exponent + 3-bit mantissa: 2^-14 <= |y| <= 1, 12.5 % steps (a block whose
+  largest magnitude is subnormal, below 1.2e-38, is stored as zeros: ``1 / scale`` overflows);
 * a nonnegative block (Adam's second moment) stores ``y = sqrt(x) / sqrt(scale)`` as 5-bit
   exponent + 3-bit mantissa: x / scale down to 2^-60. The square root keeps small second moments (which
   set the largest steps, through ``1 / sqrt(v)``) from being flushed to zero. Such blocks are
@@ -33,6 +34,7 @@ from sgdlab.optim.program import HASH
 BLOCK = 256
 SUFFIX = ".absmax"
 SALT = 0x9E3779B9  # decorrelates the rounding noise of different state entries
+SMALLEST_NORMAL = 2.0**-126  # float32; a signed block with a smaller largest magnitude is zeros
 
 
 def entry_seed(seed: int, slot: int) -> int:
@@ -50,7 +52,9 @@ def encode(x: Tensor, seed: int, position: int) -> tuple[Tensor, Tensor]:
     bits = padded.view(torch.int32).long() & 0xFFFFFFFF
     amax = (bits & 0x7FFFFFFF).amax(dim=1).to(torch.int32).view(torch.float32)
     nonnegative = ~((bits >> 31).bool().any(dim=1))
-    inverse = torch.where(amax == 0, torch.zeros_like(amax), 1.0 / amax)
+    # 1 / amax overflows for a subnormal amax (a long-dead unit's decayed momentum): such a
+    # block is stored as zeros, as hardware flushes subnormals.
+    inverse = torch.where(amax < SMALLEST_NORMAL, torch.zeros_like(amax), 1.0 / amax)
     # Square-root domain: sqrt(x) * (1 / sqrt(amax)), each correctly rounded like C's sqrtf,
     # so the C loop can reuse a sqrt(v) the rule already computed (Adam's denominator).
     root_inverse = torch.where(amax == 0, torch.zeros_like(amax), 1.0 / _sqrt(amax))
@@ -240,7 +244,7 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
         bias = 96u << 3;
         *scale_out = -amax;
     } else {
-        inverse = amax == 0.0f ? 0.0f : 1.0f / amax;
+        inverse = amax < 0x1p-126f ? 0.0f : 1.0f / amax;  /* SMALLEST_NORMAL: see encode */
         bias = 112u << 3;
         *scale_out = amax;
     }
