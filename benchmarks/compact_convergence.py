@@ -26,14 +26,15 @@ OPTIMIZERS = {
 }
 
 
-def train(task, optimizer_name: str, state_dtype, seed: int, epochs: int | None) -> dict:
+def train(task, optimizer_name: str, state_dtype, seed: int, epochs: int | None,
+          lr: float | None = None) -> dict:
     cls, options, lr_key = OPTIMIZERS[optimizer_name]
     torch.manual_seed(seed)
     model = task.model()
     group = {"params": list(model.parameters())}
     if state_dtype is not None:
         group["state_dtype"] = state_dtype
-    optimizer = cls([group], lr=task.lr_hint(lr_key), **options)
+    optimizer = cls([group], lr=lr or task.lr_hint(lr_key), **options)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs or task.epochs):
         permutation = torch.randperm(task.n_train, generator=order)
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's budget")
+    parser.add_argument("--lr", type=float, default=None, help="default: the task's hint")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--json", help="write the per-seed results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -61,13 +64,14 @@ def main() -> None:
     formats = (("float32", None), ("bfloat16", torch.bfloat16), ("8-bit", torch.uint8))
     results: dict[str, list[dict]] = {name: [] for name, _ in formats}
     start = time.time()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, dtype in formats:
-            results[name].append(train(task, args.optimizer, dtype, seed, args.epochs))
+            results[name].append(train(task, args.optimizer, dtype, seed, args.epochs, args.lr))
         print(f"seed {seed}: " + "  ".join(
             f"{name} loss {results[name][-1]['train_loss']:.4f} "
             f"{task.metric} {results[name][-1][task.metric]:.4f}" for name in results), flush=True)
-    print(f"\n{args.task}, {args.optimizer}, lr {task.lr_hint(OPTIMIZERS[args.optimizer][2])}, "
+    lr = args.lr or task.lr_hint(OPTIMIZERS[args.optimizer][2])
+    print(f"\n{args.task}, {args.optimizer}, lr {lr}, "
           f"{args.epochs or task.epochs} epochs, {args.seeds} seeds ({time.time() - start:.0f} s)")
     print(f"| state | final train loss | test {task.metric} |\n|---|---|---|")
     for name, runs in results.items():

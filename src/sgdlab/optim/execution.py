@@ -216,6 +216,14 @@ class GroupLayout:
             cache[key] = [torch.zeros(2, dtype=dtype, device=device) for dtype in dtypes]
         return cache[key]
 
+    def buckets(self) -> list["Bucket"]:
+        """The flat state cut into block-aligned ranges of at most ``BUCKET_NUMEL`` elements
+        (8-bit state's PyTorch path works a bucket at a time)."""
+        found = self.__dict__.get("_buckets")
+        if found is None:
+            found = self._buckets = _cut_into_buckets(self.offsets, self.numels, quantized.BLOCK)
+        return found
+
     def native_plan(self, keys: list[str]) -> Any:
         """The C path's pointer table and chunks (:class:`sgdlab.optim.native.Plan`)."""
         buffers = [self.buffers[key] for key in keys]
@@ -271,6 +279,63 @@ class GroupLayout:
                 if any(s.get(side) is not v for s, v in zip(states, views)):
                     return False
         return True
+
+
+# 8-bit state on the PyTorch path (CUDA, no compiler) is decoded, updated and encoded this many
+# elements at a time: enough that per-operation overhead is noise, small enough that the float32
+# copies and the codec's temporaries (about 50 bytes per element) stay small.
+BUCKET_NUMEL = 1 << 21
+
+
+class Bucket:
+    """A block-aligned range ``lo:hi`` of a layout's flat state and the tensor pieces in it:
+    ``(tensor index, start, stop)``, each followed in the flat state by ``pads`` unused slots."""
+
+    def __init__(self, lo: int, pieces: list[tuple[int, int, int]], pads: list[int]) -> None:
+        self.lo, self.pieces = lo, pieces
+        self.sizes = [n for (_, a, b), pad in zip(pieces, pads) for n in (b - a, pad)]
+        self.hi = lo + sum(self.sizes)
+        self.pads = pads if any(pads) else []
+        self._masks: dict[Any, Tensor] = {}
+
+    def pad_mask(self, device: torch.device) -> Tensor:
+        if device not in self._masks:
+            mask = torch.ones(self.hi - self.lo, dtype=torch.bool)
+            for start, end in _piece_ranges(self.sizes):
+                mask[start:end] = False
+            self._masks[device] = mask.to(device)
+        return self._masks[device]
+
+
+def _piece_ranges(sizes: list[int]) -> Iterator[tuple[int, int]]:
+    position = 0
+    for k, n in enumerate(sizes):
+        if k % 2 == 0:
+            yield position, position + n
+        position += n
+
+
+def _cut_into_buckets(offsets: list[int], numels: list[int], block: int) -> list[Bucket]:
+    buckets: list[Bucket] = []
+    pieces: list[tuple[int, int, int]] = []
+    pads: list[int] = []
+    lo = size = 0
+    for i in sorted(range(len(offsets)), key=offsets.__getitem__):
+        n = numels[i]
+        for start in range(0, n, BUCKET_NUMEL):  # a large tensor is cut at block boundaries
+            stop = min(n, start + BUCKET_NUMEL)
+            padded = -(-(stop - start) // block) * block
+            if pieces and size + padded > BUCKET_NUMEL:
+                buckets.append(Bucket(lo, pieces, pads))
+                pieces, pads, size = [], [], 0
+            if not pieces:
+                lo = offsets[i] + start
+            pieces.append((i, start, stop))
+            pads.append(padded - (stop - start))
+            size += padded
+    if pieces:
+        buckets.append(Bucket(lo, pieces, pads))
+    return buckets
 
 
 def grouped_supported(params: list[Tensor], grads: list[Tensor], group: dict[str, Any]) -> bool:
@@ -420,7 +485,8 @@ def grouped(
     scalars = programs.scalar_inputs(program, device, as_tensor=use_compiled, dtype=dtype)
 
     if eight_bit:
-        _eight_bit_steps(function, scalars, program, layout, params, grads, all_keys, seed)
+        _eight_bit_steps(function, scalars, program, layout, params, grads, all_keys, seed,
+                         compiled=use_compiled)
         _store_results(program, layout, states, counters, numbers)
         return True
 
@@ -479,20 +545,68 @@ def grouped(
     return True
 
 
-def _eight_bit_steps(function, scalars, program, layout, params, grads, keys, seed) -> None:
-    """8-bit state without the C loop (CUDA, no compiler): tensor by tensor, decode the state
-    to float32, run the float program, encode what it wrote."""
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        codes = [layout.views[key][i].view(-1) for key in keys]
-        scales = [layout.scale_views[key][i] for key in keys]
-        values = [quantized.decode(c, q) for c, q in zip(codes, scales)]
-        function([param.view(-1), grad.view(-1), *values], scalars, program.tensor_scalars)
-        for slot, _ in program.outputs:
-            if slot >= 2:
-                new_codes, new_scales = quantized.encode(
-                    values[slot - 2], quantized.entry_seed(seed, slot), layout.offsets[i])
-                codes[slot - 2].copy_(new_codes)
-                scales[slot - 2].copy_(new_scales)
+def _eight_bit_steps(function, scalars, program, layout, params, grads, keys, seed,
+                     compiled: bool) -> None:
+    """8-bit state without the C loop (CUDA, no compiler): bucket by bucket of the flat state,
+    decode it to float32, run the float program once over the bucket's pieces of parameters and
+    gradients (gathered, each tensor padded to its blocks), encode what it wrote. A few dozen
+    operations per bucket, not per tensor; the float32 copies never exceed a bucket. ``compiled``:
+    the codec is compiled too (Inductor: Triton on GPUs), as the program is."""
+    from sgdlab.optim import program as programs
+
+    device = params[0].device
+    for bucket in layout.buckets():
+        try:
+            _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads, keys,
+                              seed, compiled)
+        except Exception as error:  # noqa: BLE001 - compiling failed: eager from now on, say so
+            if not compiled:
+                raise
+            _give_up_compiling(error)
+            compiled, function = False, programs.eager(program)
+            scalars = programs.scalar_inputs(program, device, as_tensor=False)
+            _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads, keys,
+                              seed, compiled)
+
+
+def _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads, keys, seed,
+                      compiled: bool) -> None:
+    # Nothing is written back until everything is computed: a failure leaves the state as it was.
+    encode, decode = quantized.compiled_codec() if compiled else (quantized.encode, quantized.decode)
+    pieces = [(params[i].view(-1)[a:b], grads[i].view(-1)[a:b]) for i, a, b in bucket.pieces]
+    device = params[0].device
+    if bucket.pads:
+        zeros = torch.zeros(quantized.BLOCK, dtype=params[0].dtype, device=device)
+        param_parts, grad_parts = [], []
+        for (param, grad), pad in zip(pieces, bucket.pads):
+            param_parts += [param, zeros[:pad]]
+            grad_parts += [grad, zeros[:pad]]
+        flat_param, flat_grad = torch.cat(param_parts), torch.cat(grad_parts)
+    else:
+        flat_param = torch.cat([param for param, _ in pieces])
+        flat_grad = torch.cat([grad for _, grad in pieces])
+    lo, hi, block = bucket.lo, bucket.hi, quantized.BLOCK
+    codes = [layout.buffers[key][lo:hi] for key in keys]
+    scales = [layout.scales[key][lo // block: hi // block] for key in keys]
+    values = [decode(c, q) for c, q in zip(codes, scales)]
+    function([flat_param, flat_grad, *values], scalars, program.tensor_scalars)
+    encoded = []
+    for slot, _ in program.outputs:
+        if slot >= 2:
+            new = values[slot - 2]
+            if bucket.pads:  # what the rule made of the padding is not state: zeros, as in C
+                new.masked_fill_(bucket.pad_mask(device), 0.0)
+            entry_seed, position = quantized.entry_seed(seed, slot), lo
+            if compiled:  # numbers as tensors: one compiled function for every step and bucket
+                entry_seed = torch.tensor(entry_seed, dtype=torch.int64, device=device)
+                position = torch.tensor(position, dtype=torch.int64, device=device)
+            encoded.append((slot, *encode(new, entry_seed, position)))
+    for slot, new_codes, new_scales in encoded:
+        codes[slot - 2].copy_(new_codes)
+        scales[slot - 2].copy_(new_scales)
+    updated = (flat_param.split(bucket.sizes)[::2] if bucket.pads
+               else flat_param.split([b - a for _, a, b in bucket.pieces]))
+    torch._foreach_copy_([param for param, _ in pieces], list(updated))
 
 
 def _give_up_compiling(error: Exception) -> None:

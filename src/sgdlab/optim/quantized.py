@@ -42,7 +42,7 @@ def entry_seed(seed: int, slot: int) -> int:
     return (seed + slot * SALT) & 0xFFFFFFFF
 
 
-def encode(x: Tensor, seed: int, position: int) -> tuple[Tensor, Tensor]:
+def encode(x: Tensor, seed: int | Tensor, position: int | Tensor) -> tuple[Tensor, Tensor]:
     """Quantize 1-D float32 ``x`` (its first element at flat ``position``): (codes, scales)."""
     n = x.numel()
     blocks = -(-n // BLOCK)
@@ -94,6 +94,17 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
     zero = torch.where(nonnegative, unsigned_e == 0, signed_e == 0)
     y = torch.where(zero, torch.zeros_like(y), y)
     return torch.where(nonnegative, y * y * scale.abs(), y * scale)
+
+
+_compiled: list = []
+
+
+def compiled_codec() -> tuple:
+    """(encode, decode) compiled by Inductor once per process, for any size (the 8-bit path of
+    CUDA and of large groups without the C loop); ``seed`` and ``position`` must be tensors."""
+    if not _compiled:
+        _compiled.extend(torch.compile(f, dynamic=True, fullgraph=True) for f in (encode, decode))
+    return _compiled[0], _compiled[1]
 
 
 # The same codec, element by element, for sgdlab.optim.native's loop.
