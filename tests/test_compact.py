@@ -284,6 +284,34 @@ def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
 
 
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16, torch.uint8],
+                         ids=["float32", "bfloat16", "8-bit"])
+@pytest.mark.parametrize("cls, options", [EIGHT_BIT_CASES[1], EIGHT_BIT_CASES[2]],
+                         ids=["sgd-nesterov-wd", "adamw"])
+def test_c_loop_on_two_threads_in_small_chunks_computes_the_same_bits(cls, options, state_dtype,
+                                                                     monkeypatch):
+    # The suite runs on one thread: here the C loop's chunks (4k elements, so the (70_001,)
+    # tensor spans 18) are claimed by two threads. Rounding noise depends on the position only.
+    from sgdlab.optim import native
+
+    params_one, one = run(cls, options, state_dtype, steps=4, shapes=EIGHT_BIT_SHAPES)
+    monkeypatch.setattr(native, "CHUNK", 1 << 12)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        params_two, two = run(cls, options, state_dtype, steps=4, shapes=EIGHT_BIT_SHAPES)
+    finally:
+        torch.set_num_threads(threads)
+    plan = next(iter(two._layouts.values()))._plan[1]
+    assert plan.n_chunks > 18
+    for p, q in zip(params_one, params_two):
+        assert torch.equal(p, q)
+    for a, b in zip(one.state.values(), two.state.values()):
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
 def test_eight_bit_state_follows_the_float32_trajectory(cls, options):
     shapes = [(20, 10), (3000,)]

@@ -42,8 +42,11 @@ import torch
 from sgdlab.optim.program import HASH, Program
 
 # Elements per unit of parallel work: large enough that a chunk's bookkeeping is noise, small
-# enough that two threads finish together.
-CHUNK = 1 << 16
+# enough that two threads finish together. Measured on 8 x 4M, two threads, against 64k chunks:
+# 5 % faster in float32, up to 15 % with 8-bit state (each thread streams longer runs).
+CHUNK = 1 << 18
+# Groups smaller than this run on one thread: waking a second costs more than it saves.
+PARALLEL_MIN_NUMEL = 1 << 18
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
 
@@ -441,7 +444,7 @@ class Plan:
         table[1::width] = [grad.data_ptr() for grad in grads]
         s = (kernel.real * max(1, len(scalars)))(*scalars)
         c = (ctypes.c_double * max(1, len(constants)))(*constants)
-        threads = torch.get_num_threads() if self.total >= 4 * CHUNK else 1
+        threads = torch.get_num_threads() if self.total >= PARALLEL_MIN_NUMEL else 1
         threads = max(1, min(threads, self.n_chunks))
         call = kernel.function
         next_chunk = ctypes.c_int64(0)
