@@ -284,6 +284,39 @@ def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
 
 
+def test_eight_bit_compile_failure_midway_falls_back_without_stepping_twice(monkeypatch):
+    # Compiling can fail on a later bucket (a new shape): that bucket and the rest run eagerly,
+    # the buckets already done are not stepped again, and the result is the C loop's.
+    from sgdlab.optim import execution
+
+    cls, options = EIGHT_BIT_CASES[1]
+    _, native = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(execution, "BUCKET_NUMEL", 5 * quantized.BLOCK)
+    monkeypatch.setattr(execution, "_compile_failed", [])
+    calls = []
+
+    def failing_codec():
+        def encode(x, seed, position):
+            calls.append(position)
+            if len(calls) == 7:  # the seventh bucket of the first step
+                raise RuntimeError("no compiler for this shape")
+            return quantized.encode(x, seed, position)
+        return encode, quantized.decode
+
+    monkeypatch.setattr(quantized, "compiled_codec", failing_codec)
+    with pytest.warns(RuntimeWarning, match="compiling the optimizer step failed"):
+        params, fallback = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
+    assert len(execution._compile_failed) == 1
+    for a, b in zip(native.state.values(), fallback.state.values()):
+        for key in a:
+            if key != "step":
+                assert torch.equal(a[key], b[key]), key
+    for p, q in zip(native.state, fallback.state):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize("state_dtype", [None, torch.bfloat16, torch.uint8],
                          ids=["float32", "bfloat16", "8-bit"])
 @pytest.mark.parametrize("cls, options", [EIGHT_BIT_CASES[1], EIGHT_BIT_CASES[2]],
