@@ -60,3 +60,21 @@ def test_fsdp2_dtensor_parameters_train_like_torch(mesh, ours, theirs, options):
         assert all(isinstance(v, DTensor) for v in optimizer.state[p].values() if v.dim() > 0)
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a.full_tensor(), b.full_tensor(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.uint8], ids=["bfloat16", "8-bit"])
+def test_compact_state_on_dtensor_parameters_is_refused_and_changes_nothing(mesh, state_dtype):
+    # Compact state lives in the grouped path's flat buffers, which DTensor shards do not use.
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    fully_shard(model, mesh=mesh)
+    optimizer = sgdlab.AdamW([{"params": model.parameters(), "state_dtype": state_dtype}], lr=0.1)
+    model(torch.randn(8, 4)).sum().backward()
+    before = [p.full_tensor().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"state_dtype.*DTensor"):
+        optimizer.step()
+    assert "compact_state_step" not in optimizer.param_groups[0]
+    for p, old in zip(model.parameters(), before):
+        assert torch.equal(p.full_tensor(), old)

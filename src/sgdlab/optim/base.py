@@ -156,17 +156,20 @@ class RuleOptimizer(Optimizer):
             # Compact state is rounded stochastically; the noise's seed counts the group's
             # compact steps and lives in the param group, so it is saved with the checkpoint and
             # a resumed run rounds exactly as an uninterrupted one would.
-            rounding_step = group[ROUNDING_STEP] = group.get(ROUNDING_STEP, 0) + 1
+            rounding_step = group.get(ROUNDING_STEP, 0) + 1
         if execution.grouped_supported(params, grads, group):
             layouts = self.__dict__.setdefault("_layouts", {})
             if execution.grouped(type(self).rule, params, grads, states, hyperparameters,
                                  layouts=layouts, layout_key=index, state_dtype=state_dtype,
                                  rounding_step=rounding_step):
+                if compact:
+                    group[ROUNDING_STEP] = rounding_step
                 return
         if compact:
             raise ValueError(
-                f"Invalid state_dtype: {state_dtype} needs the grouped execution path (same "
-                "device and dtype, dense contiguous tensors, not differentiable or capturable)"
+                f"Invalid state_dtype: {state_dtype} needs the grouped execution path: plain, "
+                "dense, contiguous tensors of one device and dtype (not DTensor / FSDP2 shards), "
+                "in a group that is not differentiable, capturable or foreach=False"
             )
         execution.per_tensor(
             type(self).rule,
