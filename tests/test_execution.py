@@ -283,6 +283,34 @@ def test_step_counters_become_views_of_one_tensor_and_checkpoints_still_load():
     assert [s["step"].item() for s in theirs.state.values()] == [4.0] * len(params)
 
 
+@pytest.mark.parametrize("which", ["all", "one"])
+def test_step_counters_written_in_place_between_steps_are_read_again(which):
+    # The grouped path remembers the count it wrote rather than reading it back each step; a
+    # count someone else wrote in place (all of them, or one: then the group's counts differ)
+    # must be read, exactly as if it had come from a checkpoint.
+    params, ours = run(sgdlab.AdamW, dict(lr=0.01), steps=3)
+    saved = copy.deepcopy(ours.state_dict())
+    counters = [ours.state[p]["step"] for p in params]
+    for counter in counters if which == "all" else counters[:1]:
+        counter.fill_(100.0)
+    for index, entry in saved["state"].items():
+        if which == "all" or index == 0:
+            entry["step"] = torch.tensor(100.0)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    loaded = sgdlab.AdamW(copies, lr=0.01)
+    loaded.load_state_dict(saved)
+    g = torch.Generator().manual_seed(1)
+    for p, q in zip(params, copies):
+        p.grad = torch.randn(p.shape, generator=g)
+        q.grad = p.grad.clone()
+    ours.step()
+    loaded.step()
+    assert_identical(params, copies)
+    assert [ours.state[p]["step"].item() for p in params] == [
+        loaded.state[q]["step"].item() for q in copies]
+    assert ours.state[params[-1]]["step"].item() == (101.0 if which == "all" else 4.0)
+
+
 def test_compiled_bfloat16_state_rounds_like_the_eager_program(compile_everything, monkeypatch):
     # The CUDA path for compact state is Inductor; on CPU the same code runs here.
     options = dict(lr=0.05, momentum=0.9)

@@ -246,6 +246,25 @@ class GroupLayout:
             return None
         return flat
 
+    def counter_value(self, key: str, flat: Tensor) -> Any:
+        """The number this layout last wrote into counter ``flat``, if nothing has written to
+        it since (its version counter says so): no tensor read, which costs more than the rest
+        of a small model's step bookkeeping. None otherwise."""
+        known = self.__dict__.get("_counter_values", {}).get(key)
+        if known is None or known[0] is not flat:
+            return None
+        try:
+            return known[2] if flat._version == known[1] else None
+        except RuntimeError:  # an inference tensor has no version counter
+            return None
+
+    def remember_counter(self, key: str, flat: Tensor, value: Any) -> None:
+        try:
+            version = flat._version
+        except RuntimeError:
+            return
+        self.__dict__.setdefault("_counter_values", {})[key] = (flat, version, value)
+
     def adopt_counter(self, key: str, values: list[Tensor],
                       states: list[dict[str, Any]]) -> Tensor:
         """Keep per-tensor counters (0-d tensors, as torch.optim stores ``step``) as views of
@@ -416,9 +435,12 @@ def grouped(
         values = [state[key] for state in states]
         flat = layout.counter(key, values) if layout is not None else None
         if flat is not None:  # our one tensor of this group's counters: one check, one read
-            if len(values) > 1 and not bool((flat == flat[0]).all()):
-                return False
-            numbers[key] = flat[0].item()
+            number = layout.counter_value(key, flat)
+            if number is None:  # written by someone else since our last step: look
+                if len(values) > 1 and not bool((flat == flat[0]).all()):
+                    return False
+                number = flat[0].item()
+            numbers[key] = number
             counters[key] = flat
             continue
         if all(isinstance(v, Tensor) for v in values):
@@ -674,6 +696,8 @@ def _store_results(program, layout, states, counters, numbers) -> None:
                     and float(value).is_integer() and float(base).is_integer()
                     and abs(value) < 2**24):
                 olds.add_(value - base)  # integers: exact, and no tensor built from a number
+                layout.remember_counter(key, olds, float(value) if olds.is_floating_point()
+                                        else int(value))
             else:
                 olds.fill_(value)
         else:
