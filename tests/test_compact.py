@@ -284,6 +284,42 @@ def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
 
 
+def test_a_helper_thread_that_starts_late_finds_nothing_to_do(monkeypatch):
+    # The calling thread does not wait for helpers that have not started: one that wakes after
+    # the step (here: 50 ms late) must return without touching parameters or state.
+    import threading
+    import time
+    from sgdlab.optim import native
+
+    cls, options = EIGHT_BIT_CASES[2]
+    params_one, one = run(cls, options, None, steps=3, shapes=EIGHT_BIT_SHAPES)
+    finished = []
+
+    class LatePool:
+        def submit(self, function, *args):
+            def late():
+                time.sleep(0.05)
+                function(*args)
+                finished.append(args[0][0])  # the chunk counter it found
+            threading.Thread(target=late).start()
+
+    monkeypatch.setattr(native, "CHUNK", 1 << 12)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 0)
+    monkeypatch.setattr(native, "_executor", lambda workers: LatePool())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        params_two, two = run(cls, options, None, steps=3, shapes=EIGHT_BIT_SHAPES)
+    finally:
+        torch.set_num_threads(threads)
+    snapshot = [p.detach().clone() for p in params_two]
+    time.sleep(0.3)  # every late helper has run by now
+    n_chunks = next(iter(two._layouts.values()))._plan[1].n_chunks
+    assert len(finished) == 3 and all(found > n_chunks for found in finished)  # claimed none
+    for p, q, r in zip(params_one, params_two, snapshot):
+        assert torch.equal(p, q) and torch.equal(q, r)
+
+
 def test_eight_bit_compile_failure_midway_falls_back_without_stepping_twice(monkeypatch):
     # Compiling can fail on a later bucket (a new shape): that bucket and the rest run eagerly,
     # the buckets already done are not stepped again, and the result is the C loop's.

@@ -45,8 +45,10 @@ from sgdlab.optim.program import HASH, Program
 # enough that two threads finish together. Measured on 8 x 4M, two threads, against 64k chunks:
 # 5 % faster in float32, up to 15 % with 8-bit state (each thread streams longer runs).
 CHUNK = 1 << 18
-# Groups smaller than this run on one thread: waking a second costs more than it saves.
-PARALLEL_MIN_NUMEL = 1 << 18
+# Groups smaller than this run on one thread: waking a second costs more than it saves
+# (measured on 4 x 64k and 4 x 256k: one thread 1.07-1.31x of torch fused, two 1.33-1.82x;
+# from 8 x 256k on, two threads win).
+PARALLEL_MIN_NUMEL = 1 << 20
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
 
@@ -59,6 +61,7 @@ _MATH = {  # C spelling per dtype of the functions a rule may use through ``ops`
 
 _PRELUDE = """
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -201,19 +204,32 @@ def _step_function(declarations: str, row_width: int, chunk: str) -> str:
     """The kernel's entry point: threads claim chunks (a row of ``row_width`` pointers, elements
     ``lo`` to ``hi``, at ``offset`` in the flat state) and run ``chunk``, the C for one."""
     return f"""
-void sgdlab_step(int64_t* next, int64_t n_chunks, const int64_t* chunks, void* const* rows,
-                 const int64_t* offsets, const real* s, const double* c, uint32_t seed)
+/* counters[0]: the next chunk to claim; counters[1]: threads inside this call. The calling thread
+   (wait = 1) returns once every chunk is done: it waits for the threads that claimed one, not for
+   those that have not started yet (a thread pool's wake-up can take longer than the work). A
+   late thread finds no chunk left and returns without touching the tensors. */
+void sgdlab_step(int64_t* counters, int64_t n_chunks, const int64_t* chunks, void* const* rows,
+                 const int64_t* offsets, const real* s, const double* c, uint32_t seed,
+                 int32_t wait)
 {{
     (void)c;
+    __atomic_fetch_add(counters + 1, 1, __ATOMIC_SEQ_CST);
 {declarations}
     for (;;) {{
         /* Chunks are claimed one at a time: a thread that starts late takes fewer. */
-        int64_t k = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED);
+        int64_t k = __atomic_fetch_add(counters, 1, __ATOMIC_SEQ_CST);
         if (k >= n_chunks) break;
         int64_t row_index = chunks[3 * k], lo = chunks[3 * k + 1], hi = chunks[3 * k + 2];
         void* const* row = rows + {row_width} * row_index;
         int64_t offset = offsets[row_index];
 {chunk}
+    }}
+    __atomic_fetch_sub(counters + 1, 1, __ATOMIC_SEQ_CST);
+    for (int spins = 1; wait && __atomic_load_n(counters + 1, __ATOMIC_SEQ_CST) > 0; spins++) {{
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins % 1024 == 0) sched_yield();  /* more threads than cores: let the others run */
     }}
 }}
 """
@@ -359,6 +375,7 @@ class Kernel:
             ctypes.POINTER(ctypes.c_int64), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
             ctypes.c_void_p,
             ctypes.POINTER(real), ctypes.POINTER(ctypes.c_double), ctypes.c_uint32,
+            ctypes.c_int32,
         ]
 
 
@@ -447,14 +464,13 @@ class Plan:
         threads = torch.get_num_threads() if self.total >= PARALLEL_MIN_NUMEL else 1
         threads = max(1, min(threads, self.n_chunks))
         call = kernel.function
-        next_chunk = ctypes.c_int64(0)
-        args = (ctypes.byref(next_chunk), self.n_chunks, self.chunks, table, self.offsets, s, c,
+        counters = (ctypes.c_int64 * 2)()  # next chunk, threads inside (see _step_function)
+        args = (counters, self.n_chunks, self.chunks, table, self.offsets, s, c,
                 seed & 0xFFFFFFFF)
-        if threads == 1:
-            call(*args)
-            return
-        pool = _executor(threads - 1)
-        futures = [pool.submit(call, *args) for _ in range(threads - 1)]
-        call(*args)
-        for future in futures:
-            future.result()
+        if threads > 1:
+            # Helpers are not waited for: the call below returns when every chunk is done, and
+            # a helper that starts after that finds nothing to do (args keeps what it reads alive).
+            pool = _executor(threads - 1)
+            for _ in range(threads - 1):
+                pool.submit(call, *args, 0)
+        call(*args, 1)
