@@ -284,6 +284,21 @@ def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
 
 
+def run_on_two_threads_in_small_chunks(monkeypatch, cls, options, state_dtype, steps):
+    """``run`` with the C loop's work in 4k-element chunks shared by two threads (the suite
+    itself runs on one)."""
+    from sgdlab.optim import native
+
+    monkeypatch.setattr(native, "CHUNK", 1 << 12)
+    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return run(cls, options, state_dtype, steps=steps, shapes=EIGHT_BIT_SHAPES)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_helper_thread_that_starts_late_finds_nothing_to_do(monkeypatch):
     # The calling thread does not wait for helpers that have not started: one that wakes after
     # the step (here: 50 ms late) must return without touching parameters or state.
@@ -303,15 +318,8 @@ def test_a_helper_thread_that_starts_late_finds_nothing_to_do(monkeypatch):
                 finished.append(args[0][0])  # the chunk counter it found
             threading.Thread(target=late).start()
 
-    monkeypatch.setattr(native, "CHUNK", 1 << 12)
-    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 0)
     monkeypatch.setattr(native, "_executor", lambda workers: LatePool())
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        params_two, two = run(cls, options, None, steps=3, shapes=EIGHT_BIT_SHAPES)
-    finally:
-        torch.set_num_threads(threads)
+    params_two, two = run_on_two_threads_in_small_chunks(monkeypatch, cls, options, None, 3)
     snapshot = [p.detach().clone() for p in params_two]
     time.sleep(0.3)  # every late helper has run by now
     n_chunks = next(iter(two._layouts.values()))._plan[1].n_chunks
@@ -361,17 +369,8 @@ def test_c_loop_on_two_threads_in_small_chunks_computes_the_same_bits(cls, optio
                                                                      monkeypatch):
     # The suite runs on one thread: here the C loop's chunks (4k elements, so the (70_001,)
     # tensor spans 18) are claimed by two threads. Rounding noise depends on the position only.
-    from sgdlab.optim import native
-
     params_one, one = run(cls, options, state_dtype, steps=4, shapes=EIGHT_BIT_SHAPES)
-    monkeypatch.setattr(native, "CHUNK", 1 << 12)
-    monkeypatch.setattr(native, "PARALLEL_MIN_NUMEL", 0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        params_two, two = run(cls, options, state_dtype, steps=4, shapes=EIGHT_BIT_SHAPES)
-    finally:
-        torch.set_num_threads(threads)
+    params_two, two = run_on_two_threads_in_small_chunks(monkeypatch, cls, options, state_dtype, 4)
     plan = next(iter(two._layouts.values()))._plan[1]
     assert plan.n_chunks > 18
     for p, q in zip(params_one, params_two):
