@@ -61,9 +61,14 @@ _MATH = {  # C spelling per dtype of the functions a rule may use through ``ops`
 
 _PRELUDE = """
 #include <math.h>
-#include <sched.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sched.h>
+#define SGDLAB_YIELD() sched_yield()
+#else
+#define SGDLAB_YIELD() ((void)0)
+#endif
 
 typedef TYPE real;
 #define SGDLAB_HASH HASHu  /* program.HASH: the rounding noise's multiplier */
@@ -229,7 +234,7 @@ void sgdlab_step(int64_t* counters, int64_t n_chunks, const int64_t* chunks, voi
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
-        if (spins % 1024 == 0) sched_yield();  /* more threads than cores: let the others run */
+        if (spins % 1024 == 0) SGDLAB_YIELD();  /* more threads than cores: let the others run */
     }}
 }}
 """
