@@ -251,19 +251,12 @@ class GroupLayout:
         it since (its version counter says so): no tensor read, which costs more than the rest
         of a small model's step bookkeeping. None otherwise."""
         known = self.__dict__.get("_counter_values", {}).get(key)
-        if known is None or known[0] is not flat:
+        if known is None or known[0] is not flat or known[1] is None:
             return None
-        try:
-            return known[2] if flat._version == known[1] else None
-        except RuntimeError:  # an inference tensor has no version counter
-            return None
+        return known[2] if _version(flat) == known[1] else None
 
     def remember_counter(self, key: str, flat: Tensor, value: Any) -> None:
-        try:
-            version = flat._version
-        except RuntimeError:
-            return
-        self.__dict__.setdefault("_counter_values", {})[key] = (flat, version, value)
+        self.__dict__.setdefault("_counter_values", {})[key] = (flat, _version(flat), value)
 
     def adopt_counter(self, key: str, values: list[Tensor],
                       states: list[dict[str, Any]]) -> Tensor:
@@ -300,6 +293,14 @@ class GroupLayout:
         return True
 
 
+def _version(tensor: Tensor) -> int | None:
+    """A tensor's version counter (bumped by every in-place write), None for an inference tensor."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 # 8-bit state on the PyTorch path (CUDA, no compiler) is decoded, updated and encoded this many
 # elements at a time: enough that per-operation overhead is noise, small enough that the float32
 # copies and the codec's temporaries (about 50 bytes per element) stay small.
@@ -311,27 +312,22 @@ class Bucket:
     ``(tensor index, start, stop)``, each followed in the flat state by ``pads`` unused slots."""
 
     def __init__(self, lo: int, pieces: list[tuple[int, int, int]], pads: list[int]) -> None:
-        self.lo, self.pieces = lo, pieces
+        self.lo, self.pieces, self.pads = lo, pieces, pads
         self.sizes = [n for (_, a, b), pad in zip(pieces, pads) for n in (b - a, pad)]
         self.hi = lo + sum(self.sizes)
-        self.pads = pads if any(pads) else []
+        self.padded = any(pads)
         self._masks: dict[Any, Tensor] = {}
 
     def pad_mask(self, device: torch.device) -> Tensor:
+        """True at the padding slots."""
         if device not in self._masks:
-            mask = torch.ones(self.hi - self.lo, dtype=torch.bool)
-            for start, end in _piece_ranges(self.sizes):
-                mask[start:end] = False
+            mask = torch.zeros(self.hi - self.lo, dtype=torch.bool)
+            position = 0
+            for n, pad in zip(self.sizes[::2], self.sizes[1::2]):
+                mask[position + n: position + n + pad] = True
+                position += n + pad
             self._masks[device] = mask.to(device)
         return self._masks[device]
-
-
-def _piece_ranges(sizes: list[int]) -> Iterator[tuple[int, int]]:
-    position = 0
-    for k, n in enumerate(sizes):
-        if k % 2 == 0:
-            yield position, position + n
-        position += n
 
 
 def _cut_into_buckets(offsets: list[int], numels: list[int], block: int) -> list[Bucket]:
@@ -595,18 +591,16 @@ def _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads,
                       compiled: bool) -> None:
     # Nothing is written back until everything is computed: a failure leaves the state as it was.
     encode, decode = quantized.compiled_codec() if compiled else (quantized.encode, quantized.decode)
-    pieces = [(params[i].view(-1)[a:b], grads[i].view(-1)[a:b]) for i, a, b in bucket.pieces]
+    param_pieces = [params[i].view(-1)[a:b] for i, a, b in bucket.pieces]
     device = params[0].device
-    if bucket.pads:
-        zeros = torch.zeros(quantized.BLOCK, dtype=params[0].dtype, device=device)
-        param_parts, grad_parts = [], []
-        for (param, grad), pad in zip(pieces, bucket.pads):
-            param_parts += [param, zeros[:pad]]
-            grad_parts += [grad, zeros[:pad]]
-        flat_param, flat_grad = torch.cat(param_parts), torch.cat(grad_parts)
-    else:
-        flat_param = torch.cat([param for param, _ in pieces])
-        flat_grad = torch.cat([grad for _, grad in pieces])
+    zeros = torch.zeros(quantized.BLOCK, dtype=params[0].dtype, device=device)
+
+    def gather(pieces: list[Tensor]) -> Tensor:  # each piece followed by its padding
+        return torch.cat([part for piece, pad in zip(pieces, bucket.pads)
+                          for part in (piece, zeros[:pad])])
+
+    flat_param = gather(param_pieces)
+    flat_grad = gather([grads[i].view(-1)[a:b] for i, a, b in bucket.pieces])
     lo, hi, block = bucket.lo, bucket.hi, quantized.BLOCK
     codes = [layout.buffers[key][lo:hi] for key in keys]
     scales = [layout.scales[key][lo // block: hi // block] for key in keys]
@@ -616,7 +610,7 @@ def _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads,
     for slot, _ in program.outputs:
         if slot >= 2:
             new = values[slot - 2]
-            if bucket.pads:  # what the rule made of the padding is not state: zeros, as in C
+            if bucket.padded:  # what the rule made of the padding is not state: zeros, as in C
                 new.masked_fill_(bucket.pad_mask(device), 0.0)
             entry_seed, position = quantized.entry_seed(seed, slot), lo
             if compiled:  # numbers as tensors: one compiled function for every step and bucket
@@ -626,9 +620,7 @@ def _eight_bit_bucket(bucket, function, scalars, program, layout, params, grads,
     for slot, new_codes, new_scales in encoded:
         codes[slot - 2].copy_(new_codes)
         scales[slot - 2].copy_(new_scales)
-    updated = (flat_param.split(bucket.sizes)[::2] if bucket.pads
-               else flat_param.split([b - a for _, a, b in bucket.pieces]))
-    torch._foreach_copy_([param for param, _ in pieces], list(updated))
+    torch._foreach_copy_(param_pieces, list(flat_param.split(bucket.sizes)[::2]))
 
 
 def _give_up_compiling(error: Exception) -> None:
