@@ -61,6 +61,17 @@ def assert_identical(ours, reference):
         assert torch.equal(a, b)
 
 
+def step_alike(a, b, *, steps, seed):
+    """Step optimizers ``a`` and ``b`` ``steps`` times with the same random gradients."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p, q in zip(a.param_groups[0]["params"], b.param_groups[0]["params"], strict=True):
+            q.grad = torch.randn(p.shape, generator=g)
+            p.grad = q.grad.clone()
+        a.step()
+        b.step()
+
+
 class CorrectlyRoundedOps:
     """``torch`` with a correctly rounded sqrt (Python's ``math.sqrt`` for float64; float32
     through float64, which rounds float32 square roots exactly): the arithmetic of the C and
@@ -216,15 +227,8 @@ def test_checkpoint_from_torch_adamw_continues_identically():
     reference = sgdlab.AdamW([torch.nn.Parameter(p.detach().clone()) for p in theirs], lr=0.01,
                              foreach=False)
     reference.load_state_dict(copy.deepcopy(torch_opt.state_dict()))
-    g = torch.Generator().manual_seed(5)
-    ref_params = reference.param_groups[0]["params"]
-    for _ in range(3):
-        for p, q in zip(ours_params, ref_params):
-            q.grad = torch.randn(p.shape, generator=g)
-            p.grad = q.grad.clone()
-        ours.step()
-        reference.step()
-    assert_identical(ours_params, ref_params)
+    step_alike(ours, reference, steps=3, seed=5)
+    assert_identical(ours_params, reference.param_groups[0]["params"])
 
 
 # --- compiled (Inductor) path: one compile per program text per test session -------------------
@@ -299,12 +303,7 @@ def test_step_counters_written_in_place_between_steps_are_read_again(which):
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     loaded = sgdlab.AdamW(copies, lr=0.01)
     loaded.load_state_dict(saved)
-    g = torch.Generator().manual_seed(1)
-    for p, q in zip(params, copies):
-        p.grad = torch.randn(p.shape, generator=g)
-        q.grad = p.grad.clone()
-    ours.step()
-    loaded.step()
+    step_alike(ours, loaded, steps=1, seed=1)
     assert_identical(params, copies)
     assert [ours.state[p]["step"].item() for p in params] == [
         loaded.state[q]["step"].item() for q in copies]
