@@ -28,6 +28,15 @@ def run(cls, options, state_dtype=None, steps=30, seed=0, shapes=SHAPES):
     return params, optimizer
 
 
+def assert_same_state(a, b, skip=("step",)):
+    """Optimizers ``a`` and ``b`` hold bit-identical state (entries in ``skip`` aside)."""
+    for state_a, state_b in zip(a.state.values(), b.state.values(), strict=True):
+        assert state_a.keys() == state_b.keys()
+        for key in state_a:
+            if key not in skip:
+                assert torch.equal(state_a[key], state_b[key]), key
+
+
 CASES = [
     (sgdlab.SGD, dict(lr=0.01, momentum=0.9)),
     (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01)),
@@ -216,10 +225,7 @@ def test_eight_bit_c_loop_and_pytorch_codec_store_the_same_bits(cls, options, mo
     params, native = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
     _, reference = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
-    for a, b in zip(native.state.values(), reference.state.values()):
-        for key in a:
-            if key != "step":
-                assert torch.equal(a[key], b[key]), key
+    assert_same_state(native, reference)
 
 
 @pytest.mark.parametrize("cls, options", [EIGHT_BIT_CASES[0], EIGHT_BIT_CASES[3]],
@@ -237,10 +243,7 @@ def test_eight_bit_portable_c_codec_stores_the_same_bits(cls, options, monkeypat
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
     _, reference = run(cls, options, torch.uint8, steps=5, shapes=EIGHT_BIT_SHAPES)
     assert any(key[2] and found is not None for key, found in native._kernels.items())
-    for a, b in zip(portable.state.values(), reference.state.values()):
-        for key in a:
-            if key != "step":
-                assert torch.equal(a[key], b[key]), key
+    assert_same_state(portable, reference)
 
 
 @pytest.mark.parametrize("cls, options", [EIGHT_BIT_CASES[1], EIGHT_BIT_CASES[3]],
@@ -259,10 +262,7 @@ def test_eight_bit_pytorch_path_in_small_buckets_stores_the_same_bits(cls, optio
     for p, q in zip(native.state, bucketed.state):
         # (Adam: eager sqrt is not correctly rounded, C's is: updates an ulp apart here and there)
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
-    for a, b in zip(native.state.values(), bucketed.state.values()):
-        for key in a:
-            if key != "step":
-                assert torch.equal(a[key], b[key]), key
+    assert_same_state(native, bucketed)
 
 
 def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
@@ -275,10 +275,7 @@ def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
     monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
     params, compiled = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
     assert not execution._compile_failed
-    for a, b in zip(native.state.values(), compiled.state.values()):
-        for key in a:
-            if key != "step":
-                assert torch.equal(a[key], b[key]), key
+    assert_same_state(native, compiled)
     for p, q in zip(params_c, params):
         # compiled and C division/sqrt can round an update an ulp apart, and so a parameter
         torch.testing.assert_close(p, q, rtol=4 * 2**-23, atol=1e-8)
@@ -353,10 +350,7 @@ def test_eight_bit_compile_failure_midway_falls_back_without_stepping_twice(monk
     with pytest.warns(RuntimeWarning, match="compiling the optimizer step failed"):
         params, fallback = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
     assert len(execution._compile_failed) == 1
-    for a, b in zip(native.state.values(), fallback.state.values()):
-        for key in a:
-            if key != "step":
-                assert torch.equal(a[key], b[key]), key
+    assert_same_state(native, fallback)
     for p, q in zip(native.state, fallback.state):
         assert torch.equal(p, q)
 
@@ -375,9 +369,7 @@ def test_c_loop_on_two_threads_in_small_chunks_computes_the_same_bits(cls, optio
     assert plan.n_chunks > 18
     for p, q in zip(params_one, params_two):
         assert torch.equal(p, q)
-    for a, b in zip(one.state.values(), two.state.values()):
-        for key in a:
-            assert torch.equal(a[key], b[key]), key
+    assert_same_state(one, two, skip=())
 
 
 @pytest.mark.parametrize("cls, options", EIGHT_BIT_CASES, ids=ids)
