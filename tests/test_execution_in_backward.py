@@ -65,3 +65,44 @@ def test_only_sgdlab_optimizers_are_accepted():
     model, _, _ = model_and_data()
     with pytest.raises(TypeError, match="sgdlab optimizer"):
         optimizer_in_backward(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.uint8], ids=["bf16", "8bit"])
+def test_in_backward_with_compact_state_resumes_exactly(state_dtype):
+    def run(model, optimizer, x, y, steps):
+        handle = optimizer_in_backward(optimizer)
+        for _ in range(steps):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        handle.remove()
+
+    def fresh():
+        model, x, y = model_and_data()
+        optimizer = sgdlab.AdamW([{"params": model.parameters(), "state_dtype": state_dtype}],
+                                 lr=0.01)
+        return model, optimizer, x, y
+
+    model, optimizer, x, y = fresh()
+    run(model, optimizer, x, y, 6)
+    first = next(iter(model.parameters()))
+    assert optimizer.state[first]["exp_avg"].dtype == state_dtype
+
+    resumed, resumed_optimizer, _, _ = fresh()
+    run(resumed, resumed_optimizer, x, y, 3)
+    checkpoint = (resumed.state_dict(), resumed_optimizer.state_dict())
+    resumed, resumed_optimizer, _, _ = fresh()
+    resumed.load_state_dict(checkpoint[0])
+    resumed_optimizer.load_state_dict(checkpoint[1])
+    run(resumed, resumed_optimizer, x, y, 3)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+    # The same training as step() with float32 state, up to the compact state's rounding.
+    reference, x, y = model_and_data()
+    reference_optimizer = sgdlab.AdamW(reference.parameters(), lr=0.01)
+    for _ in range(6):
+        reference_optimizer.zero_grad()
+        torch.nn.functional.mse_loss(reference(x), y).backward()
+        reference_optimizer.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.01)  # 6 steps move up to 0.06
+        assert not torch.equal(a, b)  # compact state did round
