@@ -49,9 +49,23 @@ def train(task, optimizer_name: str, state_dtype, seed: int, epochs: int | None,
     return {"train_loss": train_loss, task.metric: test_metric}
 
 
+def _option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--task-option wants KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="digits")
+    parser.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the task's factory, e.g. channels=128 (repeatable)")
     parser.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZERS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's budget")
@@ -60,7 +74,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the per-seed results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task = get_task(args.task)
+    task = get_task(args.task, **dict(_option(text) for text in args.task_option))
     formats = (("float32", None), ("bfloat16", torch.bfloat16), ("8-bit", torch.uint8))
     results: dict[str, list[dict]] = {name: [] for name, _ in formats}
     start = time.time()
@@ -71,7 +85,8 @@ def main() -> None:
             f"{name} loss {results[name][-1]['train_loss']:.4f} "
             f"{task.metric} {results[name][-1][task.metric]:.4f}" for name in results), flush=True)
     lr = args.lr or task.lr_hint(OPTIMIZERS[args.optimizer][2])
-    print(f"\n{args.task}, {args.optimizer}, lr {lr}, "
+    options = "".join(f" {text}" for text in args.task_option)
+    print(f"\n{args.task}{options}, {args.optimizer}, lr {lr}, "
           f"{args.epochs or task.epochs} epochs, {args.seeds} seeds ({time.time() - start:.0f} s)")
     print(f"| state | final train loss | test {task.metric} |\n|---|---|---|")
     for name, runs in results.items():
