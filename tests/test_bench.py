@@ -50,7 +50,13 @@ def test_derived_columns_follow_from_the_measurements(quick_result):
     rows = quick_result.rows_for("8x16k", "adam")
     fused, ours = rows["torch fused"], rows["sgdlab"]
     assert fused.ratio_to_torch_fused == 1.0
-    assert ours.ratio_to_torch_fused == pytest.approx(ours.ms_per_step / fused.ms_per_step)
+    # Paired: each round's time over torch fused's in the same round; the median of two rounds'
+    # ratios is their mean, and with two rounds the quartiles are them (inclusive method).
+    per_round = sorted(a / b for a, b in zip(ours.samples_ms, fused.samples_ms))
+    assert ours.ratio_to_torch_fused == pytest.approx(sum(per_round) / 2)
+    low, high = ours.ratio_quartiles
+    assert low == pytest.approx(per_round[0] + (per_round[1] - per_round[0]) / 4)
+    assert high == pytest.approx(per_round[0] + 3 * (per_round[1] - per_round[0]) / 4)
     # Adam moves 7 float32 words per parameter; state is 2 words (+ a step counter per tensor).
     assert ours.gb_per_s == pytest.approx(7 * 4 * info.parameters / ours.ms_per_step / 1e6)
     assert ours.state_bytes_per_param == pytest.approx(8 + 8 * 4 / info.parameters)
@@ -108,3 +114,10 @@ def test_command_line_bench_writes_json(tmp_path, monkeypatch, capsys):
 def test_command_line_reports_bad_input_without_a_traceback(capsys):
     assert main(["bench", "--quick", "--optimizer", "lion"]) == 2
     assert "Invalid optimizer" in capsys.readouterr().out
+
+
+def test_ratio_quartiles_are_the_middle_half_of_the_rounds():
+    from sgdlab.bench.step import quartiles
+
+    assert quartiles([5.0, 1.0, 3.0, 2.0, 4.0]) == (2.0, 4.0)
+    assert quartiles([1.1]) == (1.1, 1.1)
