@@ -27,13 +27,15 @@ OPTIMIZERS = {
 
 
 def train(task, optimizer_name: str, state_dtype, seed: int, epochs: int | None,
-          lr: float | None = None) -> dict:
+          lr: float | None = None, min_8bit_size: int | None = None) -> dict:
     cls, options, lr_key = OPTIMIZERS[optimizer_name]
     torch.manual_seed(seed)
     model = task.model()
     group = {"params": list(model.parameters())}
     if state_dtype is not None:
         group["state_dtype"] = state_dtype
+    if min_8bit_size is not None:
+        group["min_8bit_size"] = min_8bit_size
     optimizer = cls([group], lr=lr or task.lr_hint(lr_key), **options)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs or task.epochs):
@@ -71,6 +73,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the task's budget")
     parser.add_argument("--lr", type=float, default=None, help="default: the task's hint")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--min-8bit-size", type=int, default=None,
+                        help="8-bit state only for tensors of at least this many elements "
+                             "(default: the library's, 4096; 0: every tensor)")
     parser.add_argument("--json", help="write the per-seed results here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -80,12 +85,15 @@ def main() -> None:
     start = time.time()
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name, dtype in formats:
-            results[name].append(train(task, args.optimizer, dtype, seed, args.epochs, args.lr))
+            results[name].append(train(task, args.optimizer, dtype, seed, args.epochs, args.lr,
+                                       args.min_8bit_size))
         print(f"seed {seed}: " + "  ".join(
             f"{name} loss {results[name][-1]['train_loss']:.4f} "
             f"{task.metric} {results[name][-1][task.metric]:.4f}" for name in results), flush=True)
     lr = args.lr or task.lr_hint(OPTIMIZERS[args.optimizer][2])
     options = "".join(f" {text}" for text in args.task_option)
+    if args.min_8bit_size is not None:
+        options += f", min_8bit_size {args.min_8bit_size}"
     print(f"\n{args.task}{options}, {args.optimizer}, lr {lr}, "
           f"{args.epochs or task.epochs} epochs, {args.seeds} seeds ({time.time() - start:.0f} s)")
     print(f"| state | final train loss | test {task.metric} |\n|---|---|---|")

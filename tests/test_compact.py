@@ -14,12 +14,15 @@ from sgdlab.optim.program import round_to_bfloat16
 SHAPES = [(7,), (20, 10), (3, 4, 5)]
 
 
-def run(cls, options, state_dtype=None, steps=30, seed=0, shapes=SHAPES):
+def run(cls, options, state_dtype=None, steps=30, seed=0, shapes=SHAPES, min_8bit_size=0):
+    """Train on random gradients; 8-bit state covers every tensor, however small, unless
+    ``min_8bit_size`` says otherwise (these tests are about the codec, on small shapes)."""
     g = torch.Generator().manual_seed(seed)
     params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     group = {"params": params}
     if state_dtype is not None:
         group["state_dtype"] = state_dtype
+        group["min_8bit_size"] = min_8bit_size
     optimizer = cls([group], **options)
     for _ in range(steps):
         for p in params:
@@ -412,7 +415,8 @@ def test_a_block_whose_largest_momentum_is_subnormal_is_stored_as_zeros(native, 
     # range, where 1 / amax overflows. Such a block is flushed to zeros, not stored as garbage.
     monkeypatch.setenv("SGDLAB_NATIVE", native)
     param = torch.nn.Parameter(torch.ones(300))
-    optimizer = sgdlab.SGD([{"params": [param], "state_dtype": torch.uint8}], lr=0.1, momentum=0.5)
+    optimizer = sgdlab.SGD([{"params": [param], "state_dtype": torch.uint8, "min_8bit_size": 0}],
+                           lr=0.1, momentum=0.5)
     state = optimizer.state_dict()
     # Both signs in every block; largest magnitude 1.5e-38: normal when loaded, subnormal after
     # one step of decay.
@@ -484,7 +488,7 @@ def test_an_eight_bit_checkpoint_loads_into_a_float32_optimizer():
 
 def test_compact_state_helper_accepts_eight_bit():
     params, optimizer = run(sgdlab.AdamW, dict(lr=0.01), steps=2)
-    compact_state(optimizer, torch.uint8)
+    compact_state(optimizer, torch.uint8, min_8bit_size=0)
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
@@ -494,7 +498,8 @@ def test_compact_state_helper_accepts_eight_bit():
 @pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.uint8], ids=str)
 def test_first_step_allocates_the_state_compact_not_in_float32(state_dtype):
     param = torch.nn.Parameter(torch.randn(1000))
-    optimizer = sgdlab.AdamW([{"params": [param], "state_dtype": state_dtype}], lr=0.01)
+    optimizer = sgdlab.AdamW([{"params": [param], "state_dtype": state_dtype, "min_8bit_size": 0}],
+                             lr=0.01)
     fresh = optimizer.init_state(param, optimizer.param_groups[0])
     assert fresh["exp_avg"].dtype == state_dtype and fresh["exp_avg_sq"].dtype == state_dtype
     param.grad = torch.ones_like(param)
@@ -505,3 +510,87 @@ def test_first_step_allocates_the_state_compact_not_in_float32(state_dtype):
     else:
         m = state["exp_avg"].float()
     torch.testing.assert_close(m, torch.full((1000,), 0.1), rtol=0.13, atol=0)
+
+
+# --- which tensors get 8-bit state: min_8bit_size (bitsandbytes' and torchao's 4096) ---------------
+MIXED_SHAPES = [(7,), (64, 80), (4095,), (4096,)]
+
+
+def test_tensors_under_min_8bit_size_keep_float32_state_bit_for_bit():
+    params, eight_bit = run(sgdlab.AdamW, dict(lr=0.01), torch.uint8, steps=4,
+                            shapes=MIXED_SHAPES, min_8bit_size=4096)
+    reference_params, reference = run(sgdlab.AdamW, dict(lr=0.01), None, steps=4,
+                                      shapes=MIXED_SHAPES)
+    for p, q in zip(params, reference_params):
+        state = eight_bit.state[p]
+        if p.numel() < 4096:  # the float32 state and parameters of a float32-state optimizer
+            assert state["exp_avg"].dtype == torch.float32
+            assert "exp_avg" + quantized.SUFFIX not in state
+            assert torch.equal(p, q)
+            assert torch.equal(state["exp_avg_sq"], reference.state[q]["exp_avg_sq"])
+        else:
+            assert state["exp_avg"].dtype == torch.uint8 and not torch.equal(p, q)
+    assert eight_bit.param_groups[0]["compact_state_step"] == 4
+
+
+def test_the_default_min_8bit_size_is_4096():
+    params, optimizer = run(sgdlab.SGD, dict(lr=0.01, momentum=0.9), steps=2, shapes=MIXED_SHAPES)
+    compact_state(optimizer, torch.uint8)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    dtypes = [optimizer.state[p]["momentum_buffer"].dtype for p in params]
+    assert dtypes == [torch.float32, torch.uint8, torch.float32, torch.uint8]
+
+
+def test_mixed_eight_bit_and_float32_state_resumes_exactly():
+    straight, _ = run(sgdlab.Adam, dict(lr=0.01), torch.uint8, steps=6, shapes=MIXED_SHAPES,
+                      min_8bit_size=4096)
+    params, optimizer = run(sgdlab.Adam, dict(lr=0.01), torch.uint8, steps=3, shapes=MIXED_SHAPES,
+                            min_8bit_size=4096)
+    saved = copy.deepcopy(optimizer.state_dict())
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = sgdlab.Adam([{"params": clone, "state_dtype": torch.uint8}], lr=0.01)
+    restored.load_state_dict(saved)
+    # run() drew the gradients of steps 4-6 from the same generator after the first three.
+    g = torch.Generator().manual_seed(0)
+    for s in MIXED_SHAPES:
+        torch.randn(s, generator=g)
+    for _ in range(3):
+        for s in MIXED_SHAPES:
+            torch.randn(s, generator=g)
+    for _ in range(3):
+        for p in clone:
+            p.grad = torch.randn(p.shape, generator=g)
+        restored.step()
+    for a, b in zip(straight, clone):
+        assert torch.equal(a, b)
+
+
+def test_an_all_eight_bit_checkpoint_loads_with_the_small_tensors_widened():
+    params, optimizer = run(sgdlab.AdamW, dict(lr=0.01), torch.uint8, steps=3, shapes=MIXED_SHAPES,
+                            min_8bit_size=0)
+    saved = copy.deepcopy(optimizer.state_dict())
+    small = params[0]
+    expected = quantized.decode(optimizer.state[small]["exp_avg"],
+                                optimizer.state[small]["exp_avg" + quantized.SUFFIX])
+    saved["param_groups"][0].pop("min_8bit_size")  # the default threshold from now on
+    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    restored = sgdlab.AdamW([{"params": clone, "state_dtype": torch.uint8}], lr=0.01)
+    restored.load_state_dict(saved)
+    for p in clone:
+        p.grad = torch.zeros_like(p)
+    restored.step()
+    state = restored.state[clone[0]]
+    assert state["exp_avg"].dtype == torch.float32 and "exp_avg.absmax" not in state
+    torch.testing.assert_close(state["exp_avg"], expected * 0.9)  # one step of decay, g = 0
+    assert restored.state[clone[1]]["exp_avg"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "4096"])
+def test_invalid_min_8bit_size_is_rejected_naming_it(value):
+    param = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        sgdlab.AdamW([{"params": [param], "state_dtype": torch.uint8, "min_8bit_size": value}])
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        compact_state(sgdlab.AdamW([param]), torch.uint8, min_8bit_size=value)

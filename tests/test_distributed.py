@@ -70,7 +70,8 @@ def test_compact_state_on_dtensor_parameters_is_refused_and_changes_nothing(mesh
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     fully_shard(model, mesh=mesh)
-    optimizer = sgdlab.AdamW([{"params": model.parameters(), "state_dtype": state_dtype}], lr=0.1)
+    optimizer = sgdlab.AdamW(
+        [{"params": model.parameters(), "state_dtype": state_dtype, "min_8bit_size": 0}], lr=0.1)
     model(torch.randn(8, 4)).sum().backward()
     before = [p.full_tensor().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"state_dtype.*DTensor"):

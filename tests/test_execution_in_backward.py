@@ -77,7 +77,8 @@ def test_in_backward_with_compact_state_resumes_exactly(state_dtype):
 
     def fresh():
         model, x, y = model_and_data()
-        optimizer = sgdlab.AdamW([{"params": model.parameters(), "state_dtype": state_dtype}],
+        optimizer = sgdlab.AdamW([{"params": model.parameters(), "state_dtype": state_dtype,
+                                   "min_8bit_size": 0}],
                                  lr=0.01)
         return model, optimizer, x, y
 

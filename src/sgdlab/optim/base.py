@@ -19,6 +19,10 @@ from sgdlab.optim import execution, quantized
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
+# With 8-bit state, tensors with fewer elements than this (param-group key ``min_8bit_size``)
+# keep float32 state, as in bitsandbytes and torchao: biases and norm scales are a negligible
+# share of the memory, and the parameters that least tolerate the codec's noise.
+MIN_8BIT_SIZE = 4096
 
 
 class RuleOptimizer(Optimizer):
@@ -62,8 +66,12 @@ class RuleOptimizer(Optimizer):
         # Each group is checked with its own values, not only the defaults (torch.optim checks the
         # defaults alone, so a group with lr=-1 would be accepted there).
         group = self.param_groups[-1]
-        type(self).validate(**{k: v for k, v in group.items() if k != "params"})
+        type(self).validate(**{k: v for k, v in group.items()
+                               if k not in ("params", "min_8bit_size")})
         self.check_state_dtype(group.get("state_dtype"))
+        minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+            raise ValueError(f"Invalid min_8bit_size: {minimum!r} (expected an int >= 0)")
 
     def check_state_dtype(self, state_dtype: Any) -> None:
         if state_dtype is not None and not type(self).compact_state_supported:
@@ -85,7 +93,7 @@ class RuleOptimizer(Optimizer):
         """A zero state tensor for ``param``, already in the group's compact storage dtype
         (bfloat16, or uint8 codes: zero is code 0), so that a first step never holds a float32
         copy of compact state."""
-        storage = group.get("state_dtype")
+        storage = _state_dtype(param, group)
         if storage is None or param.dtype != torch.float32:
             storage = param.dtype
         return torch.zeros_like(param, dtype=storage, memory_format=torch.preserve_format)
@@ -148,8 +156,27 @@ class RuleOptimizer(Optimizer):
                   grads: list[Tensor], states: list[dict[str, Any]]) -> None:
         """Hand a group to an execution strategy: the grouped (flat, compiled when large) path
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""
-        hyperparameters = self.rule_hyperparameters(group)
         state_dtype = group.get("state_dtype")
+        if state_dtype == torch.uint8:
+            minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
+            if any(p.numel() < minimum for p in params):
+                # Two layouts: 8-bit for the large tensors, float32 for the small ones. The
+                # large ones go first: if 8-bit state is refused, nothing has changed yet.
+                small = [i for i, p in enumerate(params) if p.numel() < minimum]
+                large = [i for i, p in enumerate(params) if p.numel() >= minimum]
+                for indices, key, dtype in ((large, index, state_dtype),
+                                            (small, ("float32", index), None)):
+                    if indices:
+                        self._execute(key, group, [params[i] for i in indices],
+                                      [grads[i] for i in indices], [states[i] for i in indices],
+                                      dtype)
+                return
+        self._execute(index, group, params, grads, states, state_dtype)
+
+    def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
+                 grads: list[Tensor], states: list[dict[str, Any]],
+                 state_dtype: torch.dtype | None) -> None:
+        hyperparameters = self.rule_hyperparameters(group)
         compact = state_dtype is not None and state_dtype != params[0].dtype
         rounding_step = 0
         if compact:
@@ -179,3 +206,11 @@ class RuleOptimizer(Optimizer):
             hyperparameters,
             capturable=bool(group.get("capturable", False)),
         )
+
+
+def _state_dtype(param: Tensor, group: dict[str, Any]) -> torch.dtype | None:
+    """The dtype ``param``'s state is stored in under ``group``'s settings (None: its own)."""
+    dtype = group.get("state_dtype")
+    if dtype == torch.uint8 and param.numel() < group.get("min_8bit_size", MIN_8BIT_SIZE):
+        return None
+    return dtype

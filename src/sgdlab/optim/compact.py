@@ -8,7 +8,8 @@ never decrease.
 
 * ``torch.bfloat16``: half the bytes (:func:`sgdlab.optim.program.round_to_bfloat16`).
 * ``torch.uint8``: a quarter (plus a float32 scale per 256 elements): 8-bit blockwise-quantized
-  codes, the bitsandbytes idea (:mod:`sgdlab.optim.quantized`).
+  codes, the bitsandbytes idea (:mod:`sgdlab.optim.quantized`). As in bitsandbytes and torchao,
+  tensors under 4096 elements (the group's ``"min_8bit_size"``) keep float32 state.
 
     optimizer = sgdlab.AdamW(model.parameters(), lr=1e-3)
     sgdlab.optim.compact_state(optimizer)                      # every group, bfloat16
@@ -29,8 +30,12 @@ from sgdlab.optim.base import RuleOptimizer
 from sgdlab.optim.execution import COMPACT_DTYPES
 
 
-def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16) -> RuleOptimizer:
-    """Store ``optimizer``'s tensor state in ``dtype`` from the next step on; returns it."""
+def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16, *,
+                  min_8bit_size: int | None = None) -> RuleOptimizer:
+    """Store ``optimizer``'s tensor state in ``dtype`` from the next step on; returns it.
+
+    ``min_8bit_size``: with ``torch.uint8``, tensors with fewer elements keep float32 state
+    (default: the group's ``"min_8bit_size"``, else 4096)."""
     if dtype not in COMPACT_DTYPES:
         raise ValueError(
             f"Invalid state_dtype: {dtype!r} (supported: torch.bfloat16; torch.uint8 for 8-bit "
@@ -39,6 +44,11 @@ def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16)
     if not isinstance(optimizer, RuleOptimizer):
         raise TypeError(f"compact_state needs an sgdlab optimizer, got {type(optimizer).__name__}")
     optimizer.check_state_dtype(dtype)
+    if min_8bit_size is not None and (isinstance(min_8bit_size, bool)
+                                      or not isinstance(min_8bit_size, int) or min_8bit_size < 0):
+        raise ValueError(f"Invalid min_8bit_size: {min_8bit_size!r} (expected an int >= 0)")
     for group in optimizer.param_groups:
         group["state_dtype"] = dtype
+        if min_8bit_size is not None:
+            group["min_8bit_size"] = min_8bit_size
     return optimizer
