@@ -108,11 +108,20 @@ def test_a_resumed_compact_run_rounds_exactly_like_an_uninterrupted_one(cls, opt
                                                                          state_dtype):
     # The rounding noise's seed comes from a step count kept in the param group (so in the
     # checkpoint): stop, save, load into a fresh optimizer, continue = never stopped.
-    shapes = [(7,), (300, 3)]
-    straight, _ = run(cls, options, state_dtype, steps=6, shapes=shapes)
-    params, optimizer = run(cls, options, state_dtype, steps=3, shapes=shapes)
-    saved = copy.deepcopy(optimizer.state_dict())
+    straight, resumed, saved = stop_and_resume(cls, options, state_dtype, [(7,), (300, 3)])
     assert saved["param_groups"][0]["compact_state_step"] == 3
+    for a, b in zip(straight, resumed):
+        assert torch.equal(a, b)
+
+
+def stop_and_resume(cls, options, state_dtype, shapes, min_8bit_size=0):
+    """Parameters after 6 steps of run(), and after 3 steps, a checkpoint, a fresh optimizer
+    loading it and the same 3 further gradients; and the checkpoint."""
+    straight, _ = run(cls, options, state_dtype, steps=6, shapes=shapes,
+                      min_8bit_size=min_8bit_size)
+    params, optimizer = run(cls, options, state_dtype, steps=3, shapes=shapes,
+                            min_8bit_size=min_8bit_size)
+    saved = copy.deepcopy(optimizer.state_dict())
     resumed = [torch.nn.Parameter(p.detach().clone()) for p in params]
     restarted = cls([{"params": resumed, "state_dtype": state_dtype}], **options)
     restarted.load_state_dict(saved)
@@ -126,8 +135,7 @@ def test_a_resumed_compact_run_rounds_exactly_like_an_uninterrupted_one(cls, opt
         for p in resumed:
             p.grad = torch.randn(p.shape, generator=g)
         restarted.step()
-    for a, b in zip(straight, resumed):
-        assert torch.equal(a, b)
+    return straight, resumed, saved
 
 
 def test_stochastic_rounding_is_unbiased():
@@ -544,26 +552,10 @@ def test_the_default_min_8bit_size_is_4096():
 
 
 def test_mixed_eight_bit_and_float32_state_resumes_exactly():
-    straight, _ = run(sgdlab.Adam, dict(lr=0.01), torch.uint8, steps=6, shapes=MIXED_SHAPES,
-                      min_8bit_size=4096)
-    params, optimizer = run(sgdlab.Adam, dict(lr=0.01), torch.uint8, steps=3, shapes=MIXED_SHAPES,
-                            min_8bit_size=4096)
-    saved = copy.deepcopy(optimizer.state_dict())
-    clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    restored = sgdlab.Adam([{"params": clone, "state_dtype": torch.uint8}], lr=0.01)
-    restored.load_state_dict(saved)
-    # run() drew the gradients of steps 4-6 from the same generator after the first three.
-    g = torch.Generator().manual_seed(0)
-    for s in MIXED_SHAPES:
-        torch.randn(s, generator=g)
-    for _ in range(3):
-        for s in MIXED_SHAPES:
-            torch.randn(s, generator=g)
-    for _ in range(3):
-        for p in clone:
-            p.grad = torch.randn(p.shape, generator=g)
-        restored.step()
-    for a, b in zip(straight, clone):
+    straight, resumed, saved = stop_and_resume(sgdlab.Adam, dict(lr=0.01), torch.uint8,
+                                               MIXED_SHAPES, min_8bit_size=4096)
+    assert saved["param_groups"][0]["min_8bit_size"] == 4096
+    for a, b in zip(straight, resumed):
         assert torch.equal(a, b)
 
 
