@@ -88,8 +88,11 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path):
-    task, spec = tiny_task(epochs=5), parse_spec("adam:lr=0.01")
+@pytest.mark.parametrize("text", ["adam:lr=0.01", "adam:lr=0.01,state=bf16",
+                                  "adam:lr=0.01,state=8bit,min_8bit_size=0"],
+                         ids=["float32", "bf16", "8bit"])
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, text):
+    task, spec = tiny_task(epochs=5), parse_spec(text)
     reference = train_run(task, spec, seed=1)
     checkpoint = tmp_path / "run.pt"
 
@@ -193,3 +196,13 @@ def test_time_budget_stops_after_the_step_that_used_it_up():
     result = train_run(tiny_task(), parse_spec("sgd"), seed=0, time_budget=1e-9)
     assert result.status == "finished"
     assert result.final["step"] == 1 and result.final["epoch"] == pytest.approx(16 / 48, abs=1e-3)
+
+
+def test_compact_state_specs_train_a_little_differently_from_float32():
+    task = tiny_task(epochs=2)
+    plain = train_run(task, parse_spec("adam:lr=0.01"), seed=0)
+    for text in ("adam:lr=0.01,state=bf16", "adam:lr=0.01,state=8bit,min_8bit_size=0"):
+        compact = train_run(task, parse_spec(text), seed=0)
+        assert compact.status == "finished"
+        assert compact.final["train_loss"] != plain.final["train_loss"]
+        assert compact.final["train_loss"] == pytest.approx(plain.final["train_loss"], rel=0.05)

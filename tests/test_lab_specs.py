@@ -121,3 +121,23 @@ def test_registered_factory_that_cannot_be_imported_is_a_clear_error(monkeypatch
     register_optimizer("missing", "sgdlab.optim:NoSuchClass")
     with pytest.raises(SpecError, match="cannot be loaded"):
         parse_spec("missing")
+
+
+def test_state_keys_give_sgdlab_optimizers_compact_state():
+    group = parse_spec("adamw:state=bf16").build(_param()).param_groups[0]
+    assert group["state_dtype"] == torch.bfloat16
+    group = parse_spec("momentum:state=8bit,min_8bit_size=0").build(_param()).param_groups[0]
+    assert group["state_dtype"] == torch.uint8 and group["min_8bit_size"] == 0
+    assert "state_dtype" not in parse_spec("adamw:state=float32").build(_param()).param_groups[0]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("adamw:state=fp16", r"invalid state='fp16'.*valid: float32, fp32, bf16, bfloat16, 8bit"),
+    ("torch.Adam:state=bf16", "needs an sgdlab optimizer"),
+    ("adamw:min_8bit_size=0", "needs state=8bit"),
+    ("adamw:state=8bit,min_8bit_size=-1", "min_8bit_size"),
+    ("swats:state=bf16", "state_dtype"),
+])
+def test_invalid_state_keys_are_rejected_before_training(text, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text)

@@ -16,6 +16,7 @@ examples:
   sgdlab compare --task digits --seeds 5
   sgdlab compare --task modular --opt adam --opt adamw:weight_decay=1.0 --epochs 100
   sgdlab compare --opt sgd:lr=0.1 --opt momentum:lr=0.01,label=heavy-ball --opt torch.RMSprop:lr=1e-3
+  sgdlab compare --opt adamw --opt adamw:state=8bit,label=adamw-8bit   compact (8-bit) optimizer state
   sgdlab compare --list                           tasks and optimizer names
 
 A rerun with the same --out skips finished runs and continues interrupted ones.

@@ -9,6 +9,8 @@ A spec is ``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE,...``::
     adam:betas=(0.9,0.99)              tuples in parentheses; True/False/None; numbers
     torch.RMSprop:lr=1e-3              any torch.optim class, by its class name after "torch."
     sgd:lr=0.3,label=sgd-fast          ``label`` names the optimizer in tables and plots
+    adamw:state=8bit,label=adamw-8bit  compact optimizer state (sgdlab optimizers): state=bf16 or
+                                       8bit (min_8bit_size=N: 8-bit only for tensors of >= N)
 
 ``NAME`` is a registered optimizer (``optimizer_names()``) or ``torch.<Class>``. Parsing checks the
 name and the hyperparameter names against the optimizer's signature; :func:`parse_spec` with
@@ -44,6 +46,11 @@ import torch
 Factory = Callable[..., torch.optim.Optimizer]
 
 RESERVED_KEYS = ("label",)
+# Keys that set how an sgdlab optimizer stores its state (sgdlab.optim.compact_state), not
+# constructor arguments.
+STATE_KEYS = ("state", "min_8bit_size")
+STATE_FORMATS = {"float32": None, "fp32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                 "8bit": torch.uint8}
 
 
 class SpecError(ValueError):
@@ -204,7 +211,12 @@ class OptimizerSpec:
         return values
 
     def build(self, params: Any, task: Any = None) -> torch.optim.Optimizer:
-        return self.entry.resolve()(params, **self.resolved(task))
+        values = self.resolved(task)
+        storage = {key: values.pop(key) for key in STATE_KEYS if key in values}
+        optimizer = self.entry.resolve()(params, **values)
+        if storage:
+            _apply_state_format(optimizer, self.label, **storage)
+        return optimizer
 
     def check(self, task: Any = None) -> None:
         """Build once on a dummy parameter: invalid values raise SpecError before any run starts."""
@@ -215,7 +227,7 @@ class OptimizerSpec:
             raise SpecError(f"optimizer {self.name!r} cannot be loaded from {entry.factory!r}: {error}") from None
         accepted = _hyperparameter_names(factory)
         if accepted is not None:
-            unknown = sorted(set(self.hyperparameters) - set(accepted))
+            unknown = sorted(set(self.hyperparameters) - set(accepted) - set(STATE_KEYS))
             if unknown:
                 raise SpecError(
                     f"unknown hyperparameter {unknown[0]!r} for {self.name}"
@@ -223,7 +235,9 @@ class OptimizerSpec:
                 )
         dummy = torch.zeros(2, requires_grad=True)
         try:
-            factory([dummy], **self.resolved(task))
+            self.build([dummy], task)
+        except SpecError:
+            raise
         except (ValueError, TypeError, RuntimeError) as error:
             raise SpecError(f"invalid hyperparameters in {self.label!r}: {error}") from None
 
@@ -233,6 +247,23 @@ class OptimizerSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "hyperparameters": {k: _jsonable(v) for k, v in self.hyperparameters.items()},
                 "label": self.label, "text": self.text}
+
+
+def _apply_state_format(optimizer: torch.optim.Optimizer, label: str, state: Any = "float32",
+                        min_8bit_size: Any = None) -> None:
+    from sgdlab.optim import RuleOptimizer, compact_state
+
+    if state not in STATE_FORMATS:
+        raise SpecError(f"invalid state={state!r} in {label!r}; valid: {', '.join(STATE_FORMATS)}")
+    dtype = STATE_FORMATS[state]
+    if min_8bit_size is not None and dtype != torch.uint8:
+        raise SpecError(f"min_8bit_size in {label!r} needs state=8bit")
+    if dtype is None:
+        return
+    if not isinstance(optimizer, RuleOptimizer):
+        raise SpecError(f"state={state} in {label!r} needs an sgdlab optimizer, not "
+                        f"{type(optimizer).__name__}")
+    compact_state(optimizer, dtype, min_8bit_size=min_8bit_size)
 
 
 def _format(value: Any) -> str:
