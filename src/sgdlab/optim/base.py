@@ -69,9 +69,7 @@ class RuleOptimizer(Optimizer):
         type(self).validate(**{k: v for k, v in group.items()
                                if k not in ("params", "min_8bit_size")})
         self.check_state_dtype(group.get("state_dtype"))
-        minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
-        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
-            raise ValueError(f"Invalid min_8bit_size: {minimum!r} (expected an int >= 0)")
+        check_min_8bit_size(group.get("min_8bit_size", MIN_8BIT_SIZE))
 
     def check_state_dtype(self, state_dtype: Any) -> None:
         if state_dtype is not None and not type(self).compact_state_supported:
@@ -206,6 +204,11 @@ class RuleOptimizer(Optimizer):
             hyperparameters,
             capturable=bool(group.get("capturable", False)),
         )
+
+
+def check_min_8bit_size(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Invalid min_8bit_size: {value!r} (expected an int >= 0)")
 
 
 def _state_dtype(param: Tensor, group: dict[str, Any]) -> torch.dtype | None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from sgdlab.optim.base import RuleOptimizer
+from sgdlab.optim.base import RuleOptimizer, check_min_8bit_size
 from sgdlab.optim.execution import COMPACT_DTYPES
 
 
@@ -44,9 +44,8 @@ def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16,
     if not isinstance(optimizer, RuleOptimizer):
         raise TypeError(f"compact_state needs an sgdlab optimizer, got {type(optimizer).__name__}")
     optimizer.check_state_dtype(dtype)
-    if min_8bit_size is not None and (isinstance(min_8bit_size, bool)
-                                      or not isinstance(min_8bit_size, int) or min_8bit_size < 0):
-        raise ValueError(f"Invalid min_8bit_size: {min_8bit_size!r} (expected an int >= 0)")
+    if min_8bit_size is not None:
+        check_min_8bit_size(min_8bit_size)
     for group in optimizer.param_groups:
         group["state_dtype"] = dtype
         if min_8bit_size is not None:
