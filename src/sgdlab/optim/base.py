@@ -66,8 +66,7 @@ class RuleOptimizer(Optimizer):
         # Each group is checked with its own values, not only the defaults (torch.optim checks the
         # defaults alone, so a group with lr=-1 would be accepted there).
         group = self.param_groups[-1]
-        type(self).validate(**{k: v for k, v in group.items()
-                               if k not in ("params", "min_8bit_size")})
+        type(self).validate(**{k: v for k, v in group.items() if k != "params"})
         self.check_state_dtype(group.get("state_dtype"))
         check_min_8bit_size(group.get("min_8bit_size", MIN_8BIT_SIZE))
 
