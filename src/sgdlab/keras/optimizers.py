@@ -26,8 +26,14 @@ import keras
 from keras import ops
 
 from sgdlab.algorithms import adam, sgd
-from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
 from sgdlab.algorithms.conventions import adam_options, sgd_options, validate_convention
+from sgdlab.keras._arguments import (
+    check_betas,
+    check_epsilon,
+    check_learning_rate,
+    check_momentum,
+    check_weight_decay,
+)
 from sgdlab.keras._gradients import gradients
 
 State = dict[str, Any]
@@ -45,17 +51,27 @@ else:
     _OPS = ops
     _no_grad = contextlib.nullcontext
 
+# The rules take dense tensors. On TensorFlow, the gradient of a row lookup (an Embedding layer) is
+# a tf.IndexedSlices: the rows looked up, once per lookup, and their indices. Its dense form (rows
+# looked up twice summed, the others zero) is the tensor Keras's own Adam computes with, since its
+# first ops.subtract densifies the gradient; SGD without momentum scatters the rows instead, which
+# agrees up to the rounding of rows looked up more than once.
+if keras.config.backend() == "tensorflow":
+    import tensorflow as _tf
+
+    def _dense(gradient: Any) -> Any:
+        return _tf.convert_to_tensor(gradient) if isinstance(gradient, _tf.IndexedSlices) else gradient
+
+else:
+
+    def _dense(gradient: Any) -> Any:
+        return gradient
+
 
 def _value(variable: Any) -> Any:
     # The backend tensor behind a Keras variable. Arithmetic on a Keras variable itself converts
     # Python numbers at floatx (float32) first, which would round 0.9 for a float64 variable.
     return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def _check_learning_rate(learning_rate: Any) -> None:
-    # A schedule or a callable is checked by Keras when it is called; a number is checked here.
-    if isinstance(learning_rate, (int, float)):
-        at_least("learning_rate", learning_rate, 0.0, "learning rate")
 
 
 class RuleOptimizer(keras.optimizers.Optimizer):
@@ -67,10 +83,8 @@ class RuleOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate: Any, *, convention: str = "keras", **base_kwargs: Any):
         validate_convention(convention)
-        _check_learning_rate(learning_rate)
-        weight_decay = base_kwargs.get("weight_decay")
-        if weight_decay is not None:
-            at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
+        check_learning_rate(learning_rate)
+        check_weight_decay(base_kwargs.get("weight_decay"))
         super().__init__(learning_rate=learning_rate, **base_kwargs)
         self.convention = convention
 
@@ -108,6 +122,12 @@ class RuleOptimizer(keras.optimizers.Optimizer):
                         None if skip else self.add_variable_from_reference(variable, name=name)
                     )
         self._slots = slots
+
+    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+        # After the base class has clipped (Keras clips a tf.IndexedSlices as one), accumulated and
+        # decayed, and before any update_step: so every subclass's update_step sees dense tensors.
+        grads = [_dense(gradient) for gradient in grads]
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
@@ -194,10 +214,7 @@ class SGD(RuleOptimizer):
         convention: str = "keras",
         **kwargs: Any,
     ) -> None:
-        if not 0.0 <= as_float("momentum", momentum, "momentum value") <= 1.0:
-            raise ValueError(
-                f"Invalid momentum value: momentum={momentum!r} (expected 0 <= momentum <= 1)"
-            )
+        momentum = check_momentum(momentum)
         super().__init__(
             learning_rate,
             convention=convention,
@@ -268,9 +285,8 @@ class Adam(RuleOptimizer):
         convention: str = "keras",
         **kwargs: Any,
     ) -> None:
-        in_unit_interval("beta_1", beta_1, "beta_1 value")
-        in_unit_interval("beta_2", beta_2, "beta_2 value")
-        at_least("epsilon", epsilon, 0.0, "epsilon value")
+        check_betas(beta_1, beta_2)
+        check_epsilon(epsilon)
         super().__init__(
             learning_rate,
             convention=convention,
@@ -352,10 +368,7 @@ class AdamW(Adam):
         convention: str = "keras",
         **kwargs: Any,
     ) -> None:
-        if weight_decay is None:
-            raise ValueError(
-                "Invalid weight_decay value: weight_decay=None (AdamW needs a number >= 0)"
-            )
+        check_weight_decay(weight_decay, required=True)
         super().__init__(
             learning_rate=learning_rate,
             beta_1=beta_1,

@@ -32,18 +32,8 @@ from sgdlab.algorithms.schedule_free import (
     validate_schedule_free_adamw,
     validate_schedule_free_sgd,
 )
-from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
+from sgdlab.keras._arguments import check_betas, check_epsilon
 from sgdlab.keras.optimizers import _OPS, RuleOptimizer, _value
-
-
-def _keras_betas(beta_1: Any, beta_2: Any, epsilon: Any, *, strict_beta_1: bool = True) -> None:
-    """Check Adam-style hyperparameters under their Keras names."""
-    low = "0 <" if strict_beta_1 else "0 <="
-    number = as_float("beta_1", beta_1, "beta_1 value")
-    if not ((0 < number) if strict_beta_1 else (0 <= number)) or not number < 1:
-        raise ValueError(f"Invalid beta_1 value: beta_1={beta_1!r} (expected {low} beta_1 < 1)")
-    in_unit_interval("beta_2", beta_2, "beta_2 value")
-    at_least("epsilon", epsilon, 0.0, "epsilon value")
 
 
 class _ScheduleFree(RuleOptimizer):
@@ -237,7 +227,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
         **kwargs: Any,
     ) -> None:
         weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
-        _keras_betas(beta_1, beta_2, epsilon)
+        # beta_1 in (0, 1), as the rule requires (validate_schedule_free_adamw), under its Keras name.
+        check_betas(beta_1, beta_2, beta_1_may_be_zero=False)
+        check_epsilon(epsilon)
         validate_schedule_free_adamw(
             lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
             betas=(beta_1, beta_2),

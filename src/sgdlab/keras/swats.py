@@ -28,7 +28,7 @@ from sgdlab.algorithms.swats import (
     validate_swats,
 )
 from sgdlab.keras.optimizers import _OPS, RuleOptimizer, _value
-from sgdlab.keras.schedule_free import _keras_betas
+from sgdlab.keras._arguments import check_betas, check_epsilon
 
 
 @keras.saving.register_keras_serializable(package="sgdlab")
@@ -53,7 +53,8 @@ class SWATS(RuleOptimizer):
         **kwargs: Any,
     ) -> None:
         weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
-        _keras_betas(beta_1, beta_2, epsilon, strict_beta_1=False)
+        check_betas(beta_1, beta_2)
+        check_epsilon(epsilon)
         validate_swats(
             lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
             betas=(beta_1, beta_2),
