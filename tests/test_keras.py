@@ -456,6 +456,146 @@ def test_model_fit_trains_in_mixed_precision_behind_keras_loss_scaling():
     assert losses[-1] < 0.5 * losses[0]
 
 
+# --- sparse gradients: an Embedding layer (tf.IndexedSlices on tensorflow) --------------------------
+# The rules see the dense gradient (rows looked up twice in a batch: their two slices summed). Keras
+# 3's own Adam on tensorflow squares each looked-up slice on its own instead, so with repeated
+# lookups its second moment is not that of the gradient (nor its numbers on torch and jax).
+def _embedding_data(repeated_lookups):
+    rng = np.random.default_rng(2)
+    if repeated_lookups:  # 8 samples of 5 lookups among 10 rows: rows repeat within a batch
+        tokens = rng.integers(0, 10, size=(32, 5))
+    else:  # each batch of 2 samples looks up each of the 10 rows once
+        tokens = np.concatenate([rng.permutation(10).reshape(2, 5) for _ in range(16)])
+    targets = rng.standard_normal((32, 2)).astype("float32")
+    return tokens, targets
+
+
+def _embedding_model():
+    keras.utils.set_random_seed(0)  # the same initial weights for every optimizer compared
+    return keras.Sequential(
+        [
+            keras.Input((5,), dtype="int32"),
+            keras.layers.Embedding(10, 4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+def _fit_embedding_model(optimizer, repeated_lookups):
+    tokens, targets = _embedding_data(repeated_lookups)
+    model = _embedding_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    batch_size = 8 if repeated_lookups else 2
+    history = model.fit(tokens, targets, batch_size=batch_size, epochs=2, shuffle=False, verbose=0)
+    weights = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    return weights, history.history["loss"]
+
+
+EMBEDDING_CASES = [
+    ("SGD", dict(learning_rate=0.1)),
+    ("SGD", dict(learning_rate=0.02, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(learning_rate=0.01)),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True, clipnorm=0.5)),
+    ("AdamW", dict(learning_rate=0.01)),
+    ("AdamW", dict(learning_rate=0.01, global_clipnorm=0.5)),
+]
+
+
+def _assert_same_weights(actual, expected):
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, options", grid(EMBEDDING_CASES, corners=[1, 3, 4]))
+def test_embedding_model_fit_gives_the_numbers_of_the_keras_class(name, options):
+    expected, _ = _fit_embedding_model(getattr(keras.optimizers, name)(**options), False)
+    actual, losses = _fit_embedding_model(getattr(sgdlab_keras, name)(**options), False)
+    assert losses[-1] < losses[0]
+    _assert_same_weights(actual, expected)
+
+
+@pytest.mark.parametrize("name, options", grid(EMBEDDING_CASES[:2], corners=[1]))
+def test_embedding_model_fit_with_repeated_lookups_gives_the_numbers_of_keras_sgd(name, options):
+    # SGD is linear in the gradient: Keras's scatter of each slice and the dense sum agree.
+    expected, _ = _fit_embedding_model(getattr(keras.optimizers, name)(**options), True)
+    actual, losses = _fit_embedding_model(getattr(sgdlab_keras, name)(**options), True)
+    assert losses[-1] < losses[0]
+    _assert_same_weights(actual, expected)
+
+
+def _sparse_gradient(step):
+    """Rows 0 and 3 of a (5, 3) variable looked up, row 3 twice: its two slices add up."""
+    import tensorflow as tf
+
+    return tf.IndexedSlices(
+        tf.constant(np.full((3, 3), 1.0 + step, dtype="float32")),
+        tf.constant([3, 0, 3]),
+        tf.constant([5, 3]),
+    )
+
+
+def _apply_three_steps(optimizer, densify):
+    import tensorflow as tf
+
+    variable = keras.Variable(np.arange(15, dtype="float32").reshape(5, 3) / 10)
+    for step in range(3):
+        gradient = _sparse_gradient(step)
+        optimizer.apply_gradients([(tf.convert_to_tensor(gradient) if densify else gradient, variable)])
+    return keras.ops.convert_to_numpy(variable)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.IndexedSlices are tensorflow's")
+def test_tensorflow_gives_the_embedding_a_sparse_gradient_with_repeated_rows():
+    # The premise of the sparse tests: on tensorflow they really hand the optimizers IndexedSlices.
+    import tensorflow as tf
+
+    tokens, targets = _embedding_data(repeated_lookups=True)
+    model = _embedding_model()
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean((model(tokens[:8]) - targets[:8]) ** 2)
+    embedding_gradient = tape.gradient(loss, model.trainable_variables)[0]
+    assert isinstance(embedding_gradient, tf.IndexedSlices)
+    assert len(np.unique(embedding_gradient.indices)) < len(embedding_gradient.indices)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.IndexedSlices are tensorflow's")
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_repeated_rows_keras_adam_on_tensorflow_squares_each_slice_sgdlab_their_sum(name):
+    # The one place where sgdlab.keras and keras.optimizers differ on purpose (docs/drop-in.md).
+    keras_dense = _apply_three_steps(getattr(keras.optimizers, name)(learning_rate=0.1), True)
+    keras_sparse = _apply_three_steps(getattr(keras.optimizers, name)(learning_rate=0.1), False)
+    ours = _apply_three_steps(getattr(sgdlab_keras, name)(learning_rate=0.1), False)
+    _assert_same_weights(ours, keras_dense)
+    _assert_same_weights(ours[:3], keras_sparse[:3])  # rows looked up at most once: the same
+    assert not np.allclose(ours[3], keras_sparse[3], rtol=1e-3)  # row 3, looked up twice
+
+
+SPARSE_STEP_OPTIMIZERS = [
+    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
+    ("Adam", dict(learning_rate=0.1, amsgrad=True)),
+    ("AdamW", dict(learning_rate=0.1)),
+    ("SWATS", dict(learning_rate=0.1)),
+    ("ScheduleFreeSGD", dict(learning_rate=0.1)),
+    ("ScheduleFreeAdamW", dict(learning_rate=0.1)),
+]
+
+
+@pytest.mark.parametrize("name, options", SPARSE_STEP_OPTIMIZERS[3:])
+def test_embedding_model_trains_with_fit_beyond_keras_own_optimizers(name, options):
+    # SGD, Adam and AdamW train it in the tests above, with Keras's numbers.
+    _, losses = _fit_embedding_model(getattr(sgdlab_keras, name)(**options), True)
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.IndexedSlices are tensorflow's")
+@pytest.mark.parametrize("name, options", SPARSE_STEP_OPTIMIZERS)
+def test_a_sparse_gradient_steps_as_its_dense_form_for_every_optimizer(name, options):
+    sparse = _apply_three_steps(getattr(sgdlab_keras, name)(**options), densify=False)
+    dense = _apply_three_steps(getattr(sgdlab_keras, name)(**options), densify=True)
+    np.testing.assert_array_equal(sparse, dense)
+
+
 # --- minimize(): the TF2-era API --------------------------------------------------------------
 def _minimize_twice(optimizer, variable):
     loss = lambda: (variable**2) / 2.0  # noqa: E731  gradient: the variable itself
@@ -567,3 +707,19 @@ def test_keras_runs_on_the_backend_named_by_keras_backend():
 def test_invalid_hyperparameters_raise_value_error_naming_them(name, options, argument):
     with pytest.raises(ValueError, match=argument):
         getattr(sgdlab_keras, name)(**options)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("SGD", dict(momentum=-1.0)),
+        ("SGD", dict(momentum=2.0)),
+        ("AdamW", dict(weight_decay=None)),
+    ],
+)
+def test_values_keras_refuses_are_refused_with_the_message_of_the_keras_class(name, options):
+    with pytest.raises(ValueError) as keras_error:
+        getattr(keras.optimizers, name)(**options)
+    with pytest.raises(ValueError) as sgdlab_error:
+        getattr(sgdlab_keras, name)(**options)
+    assert str(sgdlab_error.value).startswith(str(keras_error.value))

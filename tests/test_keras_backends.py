@@ -1,8 +1,9 @@
 """sgdlab.keras on every installed Keras backend, and keras staying optional.
 
-Keras picks its backend once, when it is first imported, so tests/test_keras.py runs in-process
-on the torch backend and here, in one subprocess per other backend (on the corners of its grids;
-SGDLAB_KERAS_FULL=1 runs the full grids there too).
+Keras picks its backend once, when it is first imported, so tests/test_keras.py and
+tests/test_conformance_keras.py (Keras's own optimizer tests) run in-process on the torch backend
+and here, in one subprocess per file and other backend (test_keras.py on the corners of its
+grids; SGDLAB_KERAS_FULL=1 runs the full grids there too).
 """
 
 import importlib.util
@@ -23,9 +24,9 @@ def _clean_env(**extra):
     return env
 
 
-def _run_keras_tests_on(backend):
+def _run_keras_tests_on(backend, path="tests/test_keras.py"):
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_keras.py", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", path, "-q", "-p", "no:cacheprovider",
          "-W", "ignore::DeprecationWarning"],
         cwd=ROOT,
         env=_clean_env(KERAS_BACKEND=backend),
@@ -34,9 +35,14 @@ def _run_keras_tests_on(backend):
         timeout=900,
     )
     tail = (result.stdout + result.stderr)[-4000:]
-    assert result.returncode == 0, f"tests/test_keras.py failed on {backend}:\n{tail}"
+    assert result.returncode == 0, f"{path} failed on {backend}:\n{tail}"
     assert " passed" in result.stdout, tail
     return result.stdout
+
+
+def _summary(output):
+    """pytest's last line, e.g. '26 passed in 5.1s'."""
+    return output.strip().splitlines()[-1]
 
 
 @pytest.mark.keras
@@ -50,6 +56,18 @@ def test_keras_optimizers_on_the_tensorflow_backend():
 
 
 @pytest.mark.keras
+@pytest.mark.tensorflow
+@pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None,
+    reason="needs keras and tensorflow (pip install 'sgdlab[keras]' tensorflow-cpu)",
+)
+def test_keras_own_optimizer_tests_pass_on_the_tensorflow_backend():
+    output = _run_keras_tests_on("tensorflow", "tests/test_conformance_keras.py")
+    # All of them run there, the sparse-gradient (tf.IndexedSlices) test too.
+    assert "skipped" not in _summary(output), _summary(output)
+
+
+@pytest.mark.keras
 @pytest.mark.jax
 @pytest.mark.skipif(
     importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None,
@@ -57,6 +75,16 @@ def test_keras_optimizers_on_the_tensorflow_backend():
 )
 def test_keras_optimizers_on_the_jax_backend():
     _run_keras_tests_on("jax")
+
+
+@pytest.mark.keras
+@pytest.mark.jax
+@pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None,
+    reason="needs keras and jax (pip install 'sgdlab[keras]' jax)",
+)
+def test_keras_own_optimizer_tests_pass_on_the_jax_backend():
+    _run_keras_tests_on("jax", "tests/test_conformance_keras.py")
 
 
 def test_importing_sgdlab_imports_neither_keras_nor_tensorflow_and_says_how_to_get_keras():
