@@ -586,3 +586,130 @@ def test_invalid_min_8bit_size_is_rejected_naming_it(value):
         sgdlab.AdamW([{"params": [param], "state_dtype": torch.uint8, "min_8bit_size": value}])
     with pytest.raises(ValueError, match="min_8bit_size"):
         compact_state(sgdlab.AdamW([param]), torch.uint8, min_8bit_size=value)
+
+
+# --- non-finite values: they stay in their element, as in float32 state ------------------------------
+def test_codec_stores_nan_and_infinities_in_their_element_and_scales_by_the_finite_values():
+    x = torch.randn(3 * quantized.BLOCK)
+    x[5], x[300], x[301] = float("nan"), float("inf"), -float("inf")  # signed blocks
+    v = torch.rand(2 * quantized.BLOCK)
+    v[7], v[8], v[300] = float("nan"), float("inf"), -float("nan")  # nonnegative blocks
+    # (3 mantissa bits: 12.5 % steps, of the square root in a nonnegative block)
+    for values, step in ((x, 0.125), (v, 1.125**2 - 1)):
+        codes, scales = quantized.encode(values, 3, 0)
+        finite = torch.isfinite(values)
+        finite_amax = values.abs().where(finite, 0).view(-1, quantized.BLOCK).amax(dim=1)
+        assert torch.equal(scales.abs(), finite_amax)
+        decoded = quantized.decode(codes, scales)
+        assert torch.equal(torch.isnan(decoded), torch.isnan(values))
+        assert torch.equal(torch.isinf(decoded), torch.isinf(values))
+        assert torch.equal(decoded[torch.isinf(values)], values[torch.isinf(values)])
+        assert ((decoded - values)[finite].abs() <= step * values[finite].abs() + 1e-3).all()
+    assert (quantized.encode(v, 3, 0)[1] < 0).all()  # NaN's sign bit did not make them signed
+
+
+def test_codec_reads_reserved_codes_back_whatever_the_scale():
+    # A block whose finite values are all zero has scale 0: the specials still decode.
+    x = torch.zeros(quantized.BLOCK)
+    x[1], x[2], x[3] = float("nan"), float("inf"), -float("inf")
+    codes, scales = quantized.encode(x, 0, 0)
+    assert scales.abs().item() == 0
+    decoded = quantized.decode(codes, scales)
+    assert decoded[1].isnan() and decoded[2] == float("inf") and decoded[3] == -float("inf")
+    assert torch.equal(decoded[4:], torch.zeros(quantized.BLOCK - 4))
+
+
+def nan_run(cls, options, state_dtype, steps=6, numel=5000, bad=((1000, float("nan")),)):
+    """Train a (numel,) parameter on random gradients; in the second step, the elements of
+    ``bad`` get a non-finite gradient."""
+    g = torch.Generator().manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(numel, generator=g))
+    group = {"params": [param]}
+    if state_dtype is not None:
+        group["state_dtype"] = state_dtype
+    optimizer = cls([group], **options)
+    for step in range(steps):
+        param.grad = torch.randn(numel, generator=g)
+        if step == 1:
+            for index, value in bad:
+                param.grad[index] = value
+        optimizer.step()
+    return param, optimizer
+
+
+NAN_CASES = [(sgdlab.AdamW, dict(lr=0.01, weight_decay=0.01)),
+             (sgdlab.Adam, dict(lr=0.01, amsgrad=True)),
+             (sgdlab.SGD, dict(lr=0.01, momentum=0.9, nesterov=True))]
+NON_FINITE = ((1000, float("nan")), (2000, float("inf")), (2001, -float("inf")))
+
+
+@pytest.mark.parametrize("state_dtype", [torch.uint8, torch.bfloat16], ids=["8bit", "bf16"])
+@pytest.mark.parametrize("cls, options", NAN_CASES, ids=["adamw", "adam-amsgrad", "sgd-nesterov"])
+def test_a_non_finite_gradient_poisons_its_element_only_as_in_float32(cls, options, state_dtype):
+    param, optimizer = nan_run(cls, options, state_dtype, bad=NON_FINITE)
+    reference, full = nan_run(cls, options, None, bad=NON_FINITE)
+    start, _ = nan_run(cls, options, None, steps=0)
+    # The same elements are NaN, infinite or finite as with float32 state, parameter and state.
+    assert torch.equal(param.isnan(), reference.isnan())
+    assert torch.equal(param.isinf(), reference.isinf())
+    assert torch.equal(param[param.isinf()], reference[reference.isinf()])
+    assert 1 <= (~param.isfinite()).sum() <= len(NON_FINITE)
+    state, full_state = optimizer.state[param], full.state[reference]
+    for key, value in full_state.items():
+        if key == "step":
+            continue
+        stored = state[key]
+        if state_dtype == torch.uint8:
+            stored = quantized.decode(stored, state[key + quantized.SUFFIX])
+            assert state[key + quantized.SUFFIX].isfinite().all()
+        assert torch.equal(stored.float().isnan(), value.isnan()), key
+        assert torch.equal(stored.float().isinf(), value.isinf()), key
+    # Elsewhere, the block-mates of the bad elements included, the usual agreement with float32.
+    finite = reference.isfinite()
+    travelled = (reference - start)[finite].abs().mean().item()
+    block = torch.zeros_like(finite)
+    block[3 * quantized.BLOCK: 8 * quantized.BLOCK] = True  # the blocks of 1000, 2000, 2001
+    for where in (finite & block, finite & ~block):
+        assert (param - reference)[where].abs().mean().item() < 0.12 * travelled
+
+
+@pytest.mark.parametrize("path", ["c-loop", "portable-c", "pytorch", "pytorch-buckets"])
+@pytest.mark.parametrize("cls, options", NAN_CASES, ids=["adamw", "adam-amsgrad", "sgd"])
+def test_every_codec_path_stores_non_finite_values_with_the_same_bits(cls, options, path,
+                                                                       monkeypatch):
+    from sgdlab.optim import execution, native
+
+    monkeypatch.setenv("SGDLAB_NATIVE", "0")
+    _, reference = nan_run(cls, options, torch.uint8, bad=NON_FINITE)  # the PyTorch codec
+    monkeypatch.setenv("SGDLAB_NATIVE", "1")
+    if path == "portable-c":
+        monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-mno-avx2"])
+        monkeypatch.setattr(native, "_kernels", {})
+    elif path.startswith("pytorch"):
+        monkeypatch.setenv("SGDLAB_NATIVE", "0")
+        if path == "pytorch-buckets":
+            monkeypatch.setattr(execution, "BUCKET_NUMEL", 5 * quantized.BLOCK)
+    _, other = nan_run(cls, options, torch.uint8, bad=NON_FINITE)
+    assert_same_state(reference, other)
+    state = next(iter(reference.state.values()))
+    assert any((~quantized.decode(v, state[k + quantized.SUFFIX]).isfinite()).any()
+               for k, v in state.items() if v.dtype == torch.uint8)
+
+
+def test_compiled_codec_stores_and_reads_non_finite_values_with_the_same_bits():
+    # The CUDA path's codec (Inductor: C++ here, Triton on GPUs) against the eager one.
+    encode, decode = quantized.compiled_codec()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5 * quantized.BLOCK + 17, generator=g)
+    x[2 * quantized.BLOCK:] = x[2 * quantized.BLOCK:].abs()  # nonnegative blocks too
+    for i, value in [(3, "nan"), (9, "inf"), (10, "-inf"), (600, "nan"), (601, "inf"),
+                     (1100, "-inf")]:
+        x[i] = float(value)
+    seed, position = torch.tensor(12345), torch.tensor(256)
+    codes, scales = quantized.encode(x, 12345, 256)
+    compiled_codes, compiled_scales = encode(x, seed, position)
+    assert torch.equal(codes, compiled_codes) and torch.equal(scales, compiled_scales)
+    assert scales.isfinite().all()
+    decoded, compiled_decoded = quantized.decode(codes, scales), decode(codes, scales)
+    assert torch.equal(decoded.view(torch.int32), compiled_decoded.view(torch.int32))
+    assert torch.equal(decoded.isfinite(), x.isfinite())

@@ -18,6 +18,13 @@ position in the flat state, the step's seed and the entry, added below the kept 
 A state entry ``key`` is stored as ``state[key]`` (uint8 codes, shaped like the parameter) and
 ``state[key + ".absmax"]`` (float32 scales, one per block of that tensor).
 
+Non-finite values (a NaN or infinite gradient) stay in their element, as in float32 state: a
+block's scale and sign are taken over its finite values (NaN's sign bit says nothing), and a
+NaN or infinity is stored as a reserved code that no finite value reaches (a finite value is at
+most the block's largest, so at most 1 + 2^-20 of the scale, code magnitude 121): a signed block
+stores NaN as ``0x7E`` and an infinity as ``0x7F`` with its sign bit; a nonnegative block NaN as
+``0xFE`` and +inf as ``0xFF`` (a -inf makes its block signed).
+
 The codec exists twice, on purpose, side by side: in PyTorch operations (:func:`encode`,
 :func:`decode`; the CUDA and fallback path, and the tests' reference) and as C for the CPU loop
 (:data:`C_CODEC`, whose loops also have AVX2 forms: on 2 cores the 8-bit step is bound by this
@@ -35,6 +42,7 @@ BLOCK = 256
 SUFFIX = ".absmax"
 SALT = 0x9E3779B9  # decorrelates the rounding noise of different state entries
 SMALLEST_NORMAL = 2.0**-126  # float32; a signed block with a smaller largest magnitude is zeros
+INFINITY_BITS = 0x7F800000  # float32 magnitudes from here up are infinite (equal) or NaN (above)
 
 
 def entry_seed(seed: int, slot: int) -> int:
@@ -50,8 +58,13 @@ def encode(x: Tensor, seed: int | Tensor, position: int | Tensor) -> tuple[Tenso
     padded[:n] = x
     padded = padded.view(blocks, BLOCK)
     bits = padded.view(torch.int32).long() & 0xFFFFFFFF
-    amax = (bits & 0x7FFFFFFF).amax(dim=1).to(torch.int32).view(torch.float32)
-    nonnegative = ~((bits >> 31).bool().any(dim=1))
+    magnitude = bits & 0x7FFFFFFF
+    finite = magnitude < INFINITY_BITS
+    # Scale and sign from the finite values: a NaN gradient must not make its block's scale NaN
+    # (and every block-mate with it); an infinity's sign counts (-inf needs the signed format).
+    amax = torch.where(finite, magnitude, 0).amax(dim=1).to(torch.int32).view(torch.float32)
+    signed_values = (bits >> 31).bool() & (magnitude <= INFINITY_BITS)
+    nonnegative = ~signed_values.any(dim=1)
     # 1 / amax overflows for a subnormal amax (a long-dead unit's decayed momentum): such a
     # block is stored as zeros, as hardware flushes subnormals.
     inverse = torch.where(amax < SMALLEST_NORMAL, torch.zeros_like(amax), 1.0 / amax)
@@ -69,6 +82,11 @@ def encode(x: Tensor, seed: int | Tensor, position: int | Tensor) -> tuple[Tenso
     signed = (((b >> 20) & 0x7FF) - ((127 - 15) << 3)).clamp(min=0) | ((b >> 31) << 7)
     unsigned = ((b >> 20) - ((127 - 31) << 3)).clamp(min=0)
     codes = torch.where(nonnegative[:, None], unsigned, signed)
+    # The reserved codes (module docstring): 0x7E / 0xFE NaN, 0x7F / 0xFF an infinity.
+    # (A NaN's sign is not kept: a rule's NaN may come out with either sign, path by path.)
+    nan = magnitude > INFINITY_BITS
+    top = torch.where(nonnegative[:, None], 0x80, torch.where(nan, 0, (bits >> 31) << 7))
+    codes = torch.where(finite, codes, torch.where(nan, 0x7E, 0x7F) | top)
     scales = torch.where(nonnegative, -amax, amax)
     return codes.reshape(-1)[:n].to(torch.uint8), scales
 
@@ -93,7 +111,12 @@ def decode(codes: Tensor, scales: Tensor) -> Tensor:
     y = bits.view(torch.float32)
     zero = torch.where(nonnegative, unsigned_e == 0, signed_e == 0)
     y = torch.where(zero, torch.zeros_like(y), y)
-    return torch.where(nonnegative, y * y * scale.abs(), y * scale)
+    values = torch.where(nonnegative, y * y * scale.abs(), y * scale)
+    # Reserved codes: NaN and the infinities (whatever the scale, which may be 0).
+    special = torch.where(nonnegative, c >= 0xFE, (c & 0x7F) >= 0x7E)
+    infinity = torch.where(nonnegative | (c < 0x80), torch.inf, -torch.inf)
+    infinity = torch.where((c & 1).bool(), infinity, torch.nan)
+    return torch.where(special, infinity, values)
 
 
 _compiled: list = []
@@ -132,21 +155,26 @@ static inline q8_u16x16 q8_load16(const uint8_t* codes) {
     q8_u16x16 wide = (q8_u16x16)__builtin_ia32_pmovzxbw256((q8_i8x16)raw);  /* vpmovzxbw */
     return __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15);
 }
-/* 16 floats from their top halves (unpacked with zeros), squared or not, times scale */
-static inline void q8_widen16(q8_u16x16 top, float scale, int square, float* values) {
+/* 16 floats from their top halves (unpacked with zeros), squared or not, times scale, then or'ed
+   with special's (the top halves of NaN and infinities, in lanes whose top is zero) */
+#define Q8_LOW(v) __builtin_shufflevector(zero, v, 0, 16, 1, 17, 2, 18, 3, 19, \
+                                          8, 24, 9, 25, 10, 26, 11, 27)
+#define Q8_HIGH(v) __builtin_shufflevector(zero, v, 4, 20, 5, 21, 6, 22, 7, 23, \
+                                           12, 28, 13, 29, 14, 30, 15, 31)
+static inline void q8_widen16(q8_u16x16 top, q8_u16x16 special, float scale, int square,
+                              float* values) {
     const q8_u16x16 zero = {0};
-    q8_f32x8 a = (q8_f32x8)__builtin_shufflevector(zero, top, 0, 16, 1, 17, 2, 18, 3, 19,
-                                                   8, 24, 9, 25, 10, 26, 11, 27);
-    q8_f32x8 b = (q8_f32x8)__builtin_shufflevector(zero, top, 4, 20, 5, 21, 6, 22, 7, 23,
-                                                   12, 28, 13, 29, 14, 30, 15, 31);
+    q8_f32x8 a = (q8_f32x8)Q8_LOW(top), b = (q8_f32x8)Q8_HIGH(top);
     if (square) {
         a = a * a;
         b = b * b;
     }
     a = a * scale;
     b = b * scale;
-    memcpy(values, &a, 32);
-    memcpy(values + 8, &b, 32);
+    q8_u32x8 a_bits = (q8_u32x8)a | (q8_u32x8)Q8_LOW(special);
+    q8_u32x8 b_bits = (q8_u32x8)b | (q8_u32x8)Q8_HIGH(special);
+    memcpy(values, &a_bits, 32);
+    memcpy(values + 8, &b_bits, 32);
 }
 static inline q8_u32x8 q8_noisy_bits(const float* x, float inverse, q8_u32x8* hash) {
     q8_f32x8 y;
@@ -189,7 +217,15 @@ static inline q8_u32x8 q8_hash8(uint32_t hash) {
 /* A code's exponent and mantissa bits are a float's, shifted: code magnitude + bias, shifted
    left by 20, is the float's exponent and top 3 mantissa bits. A block is decoded into floats
    before the rule's loop, which then runs on floats only (with bytes in it, the compiler
-   vectorizes it 32 elements wide and runs out of registers). */
+   vectorizes it 32 elements wide and runs out of registers). A reserved code (NaN, an infinity:
+   see the module docstring) decodes as zero, or'ed with the special value's bits: no branch,
+   and right whatever the scale (0 * inf would be NaN). */
+static inline float q8_or_bits(float x, uint32_t bits) {
+    uint32_t b; memcpy(&b, &x, 4);
+    b |= bits;
+    memcpy(&x, &b, 4);
+    return x;
+}
 static inline void q8_decode_block(const uint8_t* restrict codes, int64_t n, float stored_scale,
                                    float* restrict values) {
     float scale = fabsf(stored_scale);
@@ -198,30 +234,42 @@ static inline void q8_decode_block(const uint8_t* restrict codes, int64_t n, flo
 #if defined(Q8_VECTORS)
         for (; j + 16 <= n; j += 16) {
             q8_u16x16 c = q8_load16(codes + j);
-            q8_widen16((c << 4 | 0x3000) & (q8_u16x16)((q8_i16x16)c > 7), scale, 1, values + j);
+            q8_u16x16 special = (q8_u16x16)((q8_i16x16)c > 0xFD);
+            q8_u16x16 normal = (q8_u16x16)((q8_i16x16)c > 7) & ~special;
+            q8_widen16((c << 4 | 0x3000) & normal, special & (0x7F80 | (~c & 1) << 6), scale, 1,
+                       values + j);
         }
 #endif
         for (; j < n; j++) {
             uint32_t c = codes[j];
+            uint32_t special = 0u - (uint32_t)(c >= 0xFEu);
             uint32_t bits = (c + (96u << 3)) << 20;
-            bits &= 0u - (uint32_t)(c >= 8u);  /* exponent 0: zero */
+            bits &= (0u - (uint32_t)(c >= 8u)) & ~special;  /* exponent 0: zero */
             float y; memcpy(&y, &bits, 4);
-            values[j] = y * y * scale;
+            values[j] = q8_or_bits(y * y * scale, special & (0x7F800000u | (~c & 1u) << 22));
         }
     } else {
 #if defined(Q8_VECTORS)
         for (; j + 16 <= n; j += 16) {
             q8_u16x16 c = q8_load16(codes + j), magnitude = c & 0x7F;
-            q8_u16x16 top = (magnitude << 4 | 0x3800) | (c & 0x80) << 8;
-            q8_widen16(top & (q8_u16x16)((q8_i16x16)magnitude > 7), scale, 0, values + j);
+            q8_u16x16 sign = (c & 0x80) << 8;
+            q8_u16x16 special = (q8_u16x16)((q8_i16x16)magnitude > 0x7D);
+            q8_u16x16 normal = (q8_u16x16)((q8_i16x16)magnitude > 7) & ~special;
+            q8_u16x16 top = (magnitude << 4 | 0x3800) | sign;
+            q8_u16x16 infinity = c & 1;  /* else NaN, without a sign */
+            q8_widen16(top & normal, special & (0x7F80 | (infinity ^ 1) << 6 | sign * infinity),
+                       scale, 0, values + j);
         }
 #endif
         for (; j < n; j++) {
             uint32_t c = codes[j], magnitude = c & 0x7Fu;
+            uint32_t special = 0u - (uint32_t)(magnitude >= 0x7Eu);
             uint32_t bits = ((magnitude + (112u << 3)) << 20) | ((c & 0x80u) << 24);
-            bits &= 0u - (uint32_t)(magnitude >= 8u);
+            bits &= (0u - (uint32_t)(magnitude >= 8u)) & ~special;
             float y; memcpy(&y, &bits, 4);
-            values[j] = y * scale;
+            uint32_t infinity = c & 1u;  /* else NaN, without a sign */
+            values[j] = q8_or_bits(y * scale, special & (0x7F800000u | (infinity ^ 1u) << 22
+                                                         | (c & 0x80u) * infinity << 24));
         }
     }
 }
@@ -239,8 +287,19 @@ static inline void q8_observe(float x, uint32_t* amax_bits, uint32_t* signs) {
 static inline void q8_encode(const float* x, const float* root, int64_t n, uint8_t* codes,
                              float* scale_out, uint32_t amax_bits, uint32_t signs, uint32_t seed,
                              int64_t position) {
+    uint32_t count = (uint32_t)n;
+    int special = amax_bits >= 0x7F800000u;
+    if (special) {  /* a NaN or infinity (rare): scale and sign from the finite values */
+        amax_bits = signs = 0;
+        for (uint32_t j = 0; j < count; j++) {
+            uint32_t b; memcpy(&b, x + j, 4);
+            uint32_t magnitude = b & 0x7FFFFFFFu;
+            if (magnitude < 0x7F800000u && magnitude > amax_bits) amax_bits = magnitude;
+            if (magnitude <= 0x7F800000u) signs |= b;  /* NaN's sign says nothing */
+        }
+    }
     float amax; memcpy(&amax, &amax_bits, 4);
-    uint32_t hash = (seed + (uint32_t)position) * SGDLAB_HASH, count = (uint32_t)n;
+    uint32_t hash = (seed + (uint32_t)position) * SGDLAB_HASH;
     float roots[Q8_BLOCK];
     const float* source = x;
     float inverse;
@@ -272,6 +331,16 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
         b += hash >> 12;
         uint32_t t = (b >> 20) & 0x7FFu;  /* exponent and top 3 mantissa bits */
         codes[j] = (uint8_t)((t > bias ? t - bias : 0u) | ((b >> 24) & 0x80u));
+    }
+    if (special) {  /* the reserved codes: 0x7E / 0xFE NaN, 0x7F / 0xFF an infinity */
+        uint32_t top = signs >> 31 ? 0u : 0x80u;  /* nonnegative block: 0xFE, 0xFF */
+        for (j = 0; j < count; j++) {
+            uint32_t b; memcpy(&b, x + j, 4);
+            uint32_t magnitude = b & 0x7FFFFFFFu;
+            if (magnitude >= 0x7F800000u)
+                codes[j] = (uint8_t)(magnitude > 0x7F800000u ? 0x7Eu | top
+                                                               : 0x7Fu | top | (b >> 24 & 0x80u));
+        }
     }
 }
 """
