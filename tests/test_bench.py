@@ -113,7 +113,8 @@ def test_command_line_bench_writes_json(tmp_path, monkeypatch, capsys):
 
 def test_command_line_reports_bad_input_without_a_traceback(capsys):
     assert main(["bench", "--quick", "--optimizer", "lion"]) == 2
-    assert "Invalid optimizer" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "Invalid optimizer" in err and err.startswith("sgdlab bench: error:")
 
 
 def test_ratio_quartiles_are_the_middle_half_of_the_rounds():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pytest
@@ -167,9 +168,46 @@ def test_the_expression_parser_rejects_anything_but_arithmetic(text):
         compile_expression(text)
 
 
-def test_huge_constant_powers_overflow_instead_of_hanging():
-    f = compile_expression("9**9**9 + x")
-    assert torch.isinf(f(torch.zeros(1), torch.zeros(1))).all()
+def test_huge_constant_powers_are_refused_as_overflow_instead_of_hanging():
+    with pytest.raises(ValueError, match=r"9\*\*9\*\*9 is too large .*overflow"):
+        compile_expression("9**9**9 + x")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("2", "does not depend on x or y"),
+        ("2+3", "does not depend on x or y"),
+        ("sin(pi) * e", "does not depend on x or y"),
+        ("10**10**10", "overflow"),
+        ("1e999 * x", "overflow"),
+        ("x + 1/0", "divides by zero"),
+        ("x + log(0)", "log(0) is infinite"),
+        ("x + (-8)**0.5", "not a real number"),
+        ("-" * 300 + "x", "nested 301 levels deep"),
+        ("sin(" * 150 + "x" + ")" * 150, "the limit is 100"),
+        ("(" * 300 + "x" + ")" * 300, "nested parentheses"),
+    ],
+)
+def test_expressions_without_a_usable_value_are_refused_with_the_reason(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compile_expression(text)
+
+
+def test_constant_parts_are_computed_once_and_the_rest_follows_x_and_y():
+    f = compile_expression("x * (2**0.5 * sin(pi/4)) + y**2")
+    x, y = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([3.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(f(x, y), x + y**2)
+    assert compile_expression("x*0")(x, y).shape == x.shape  # depends on x syntactically: accepted
+
+
+def test_an_expression_as_deep_as_the_limit_compiles_and_differentiates():
+    from sgdlab.lab.landscape.expression import MAX_DEPTH
+
+    f = compile_expression("-" * (MAX_DEPTH - 1) + "x")  # MAX_DEPTH levels: the minus signs and x
+    x = torch.tensor([2.0], requires_grad=True)
+    f(x, x).sum().backward()
+    assert x.grad.item() == (-1.0) ** (MAX_DEPTH - 1)
 
 
 # --- outputs ------------------------------------------------------------------------------------
@@ -209,6 +247,10 @@ def test_cli_writes_png_gif_and_npz(tmp_path):
         (["banana"], "unknown function 'banana'"),
         (["--opt", "nosuch:lr=1"], "unknown optimizer 'nosuch'"),
         (["x.real"], "not allowed"),
+        (["2"], "does not depend on x or y"),
+        (["2+3"], "does not depend on x or y"),
+        (["10**10**10"], "overflow"),
+        (["x" + "+x" * 300], "nested"),
     ],
 )
 def test_cli_bad_names_exit_2_with_the_choices(argv, message, capsys, tmp_path):

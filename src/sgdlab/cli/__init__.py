@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `sgdlab --help` lists them.
-SUBCOMMANDS = ["demo", "compare", "landscape", "tune", "bench"]  # helpers append: "compare", "landscape", "tune", "bench"
+SUBCOMMANDS = ["demo", "compare", "landscape", "tune", "bench", "doctor"]  # helpers append: "compare", "landscape", "tune", "bench"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as error:
+        from sgdlab.cli.checks import is_usage_error
+
+        if not is_usage_error(error):
+            raise  # a bug: keep the traceback
+        print(f"sgdlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

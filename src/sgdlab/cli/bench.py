@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sgdlab.cli.checks import UsageError, positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "repeatable (default: all)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
-    parser.add_argument("--steps", type=int, default=2, help="steps per round (default: 2)")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default: 7)")
+    parser.add_argument("--steps", type=positive_int, default=2, help="steps per round (default: 2)")
+    parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads for every contender (default: torch's default)")
     parser.add_argument("--quick", action="store_true",
                         help="small shapes and 3 rounds: a smoke run in seconds")
@@ -53,20 +55,20 @@ def run(args: argparse.Namespace) -> int:
     # A pipe or a log file gets the full table width rather than 80 wrapped columns.
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.threads is not None:
-        if args.threads < 1:
-            console.print(f"[red]error:[/] Invalid threads: {args.threads} (expected >= 1)")
-            return 2
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.json:
+        from sgdlab.cli.checks import output_file
+
+        output_file(args.json, "--json")
     try:
         result = bench.run(
             args.case, args.optimizer, args.contender, device=args.device, rounds=args.rounds,
             steps=args.steps, quick=args.quick, log=lambda line: console.print(line, highlight=False),
         )
-    except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
+    except ValueError as error:  # an unknown case, optimizer or contender
+        raise UsageError(str(error)) from None
     bench.render(result, console)
     if args.markdown:
         print(bench.markdown(result))

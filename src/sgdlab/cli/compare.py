@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from sgdlab.cli.checks import positive_float, positive_int
+
 DEFAULT_TASK = "mnist1d"
 DEFAULT_EPOCHS = None  # the task's own default budget
 
@@ -37,13 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opt", action="append", metavar="SPEC", default=None,
                         help="optimizer spec NAME[:KEY=VALUE,...], repeatable, e.g. sgd:lr=0.1,momentum=0.9 or "
                         "torch.RMSprop:lr=1e-3 (default: gd, sgd, momentum, nesterov, adam, adamw)")
-    parser.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="seeds per optimizer (default: 3)")
-    parser.add_argument("--epochs", type=_positive_int, default=None, metavar="N", help="epochs per run (default: the task's)")
-    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N", help="stop each run after this many steps")
-    parser.add_argument("--time-budget", type=_positive_float, default=None, metavar="SECONDS",
+    parser.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="seeds per optimizer (default: 3)")
+    parser.add_argument("--epochs", type=positive_int, default=None, metavar="N", help="epochs per run (default: the task's)")
+    parser.add_argument("--steps", type=positive_int, default=None, metavar="N", help="stop each run after this many steps")
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="stop each run after this many seconds of training")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="mini-batch size (default: the task's)")
-    parser.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="mini-batch size (default: the task's)")
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="parallel worker processes (default: the number of usable cores)")
     parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
@@ -52,26 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--list", action="store_true", help="list tasks and optimizers, then exit")
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} (expected >= 1)")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} (expected > 0)")
-    return value
 
 
 def _error(message: str) -> int:
@@ -91,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
         specs_module.parse_specs(args.opt or [])
     except specs_module.SpecError as error:
         return _error(str(error))
+    from sgdlab.cli.checks import output_dir
+    from sgdlab.lab.runner import default_out
+
+    out = str(output_dir(args.out or default_out(args.task)))
 
     from rich.console import Console
 
     from sgdlab.lab.report import build_report, print_report, write_report
-    from sgdlab.lab.runner import default_out, default_workers, run_race
+    from sgdlab.lab.runner import default_workers, run_race
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -108,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     except specs_module.SpecError as error:
         return _error(str(error))
 
-    out = args.out or str(default_out(task.name))
     workers = args.workers or default_workers()
     console.print(
         f"[bold]sgdlab compare[/bold] {task.name}: {task.description}\n"

@@ -14,6 +14,8 @@ import argparse
 import re
 import sys
 
+from sgdlab.cli.checks import seed_value
+
 DEFAULT_OPTIMIZERS_2D = ["sgd:lr=1e-3", "momentum:lr=1e-3", "nesterov:lr=1e-3", "adam:lr=0.05"]
 DEFAULT_OPTIMIZERS_NET = ["sgd", "adam"]
 
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with --task: sgd adam at the task's learning rates)")
     parser.add_argument("--list", action="store_true", help="list the functions and optimizers and exit")
     parser.add_argument("--out", default="runs/landscape", help="output folder (default: runs/landscape)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for noise, batches, init (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed for noise, batches, init (default: 0)")
 
     two = parser.add_argument_group("2-D test functions")
     two.add_argument("--steps", type=int, default=500, help="optimizer steps (default: 500)")
@@ -90,23 +92,23 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from sgdlab.cli.checks import output_dir
     from sgdlab.lab.specs import SpecError
 
     if args.list:
         return _list()
+    if args.task is not None and args.function is not None:
+        return _fail("give either a function or --task, not both")
+    out = output_dir(args.out)
     try:
         if args.task is not None:
-            if args.function is not None:
-                return _fail("give either a function or --task, not both")
             from sgdlab.lab.tasks import UnknownTaskError
 
             try:
-                return _run_network(args, Path(args.out))
+                return _run_network(args, out)
             except (UnknownTaskError, ValueError) as error:  # bad task name or settings
                 return _fail(str(error))
-        return _run_2d(args, Path(args.out))
+        return _run_2d(args, out)
     except SpecError as error:
         return _fail(str(error))
 

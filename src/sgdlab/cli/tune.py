@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
+
+from sgdlab.cli.checks import int_at_least, positive_float, seed_value
 
 LR_EXAMPLES = """\
 examples:
@@ -22,10 +23,11 @@ SEARCH_EXAMPLES = """\
 examples:
   sgdlab tune search --task mnist1d --opt sgd --trials 40
   sgdlab tune search --task digits --opt adamw --timeout 600 --workers 2
-  sgdlab tune search --task digits --opt sgd --space lr=1e-4:1,momentum=0.8:0.99,batch_size=32|64
+  sgdlab tune search --task digits --opt sgd --space 'lr=1e-4:1,momentum=0.8:0.99,batch_size=32|64'
   sgdlab tune search --task digits --opt sgd --storage sqlite:///tune.db --study-name digits-sgd
 
---space NAME=LOW:HIGH[:log|linear|log1m], NAME=A|B|C (a choice), NAME=VALUE (fixed), NAME=default.
+--space NAME=LOW:HIGH[:log|linear|log1m], NAME=A|B|C (a choice), NAME=VALUE (fixed), NAME=default;
+quote the whole --space value: the shell reads | as a pipe.
 Rerunning the same command (same --out, or same --storage and --study-name) resumes the study;
 raise --trials to add trials. Workers on other machines join with the same --storage/--study-name.
 """
@@ -47,30 +49,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=LR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(lr, default_task="digits")
-    lr.add_argument("--start-lr", type=_positive_float, default=1e-6, help="first learning rate (default: 1e-6)")
-    lr.add_argument("--end-lr", type=_positive_float, default=10.0, help="last learning rate (default: 10)")
-    lr.add_argument("--steps", type=_int_at_least(2), default=200, help="steps of the sweep (default: 200)")
+    lr.add_argument("--start-lr", type=positive_float, default=1e-6, help="first learning rate (default: 1e-6)")
+    lr.add_argument("--end-lr", type=positive_float, default=10.0, help="last learning rate (default: 10)")
+    lr.add_argument("--steps", type=int_at_least(2), default=200, help="steps of the sweep (default: 200)")
     lr.add_argument("--smoothing", type=float, default=0.9,
                     help="EMA coefficient of the smoothed loss, in [0, 1) (default: 0.9)")
     lr.add_argument("--rule", choices=("min/10", "steepest"), default="min/10",
                     help="how the suggestion is read off the curve (default: min/10)")
-    lr.add_argument("--batch-size", type=_int_at_least(1), default=None, help="mini-batch size (default: the task's)")
+    lr.add_argument("--batch-size", type=int_at_least(1), default=None, help="mini-batch size (default: the task's)")
     lr.set_defaults(func=run_lr)
 
     search = commands.add_parser(
         "search", help="hyperparameter search with Optuna (TPE, pruning, resumable, parallel workers)",
         description="Search the optimizer's hyperparameters (lr, momentum/betas, weight decay, batch size) "
         "with Optuna's TPE sampler, pruning trials on their per-epoch validation metric; then re-run the "
-        "best and the default configuration over fresh seeds and report the gain with its 95%% CI.",
+        "best and the default configuration over fresh seeds and report the gain with its 95% CI.",
         epilog=SEARCH_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(search, default_task="mnist1d")
-    search.add_argument("--trials", type=_int_at_least(1), default=None,
+    search.add_argument("--trials", type=int_at_least(1), default=None,
                         help="trials in the study, all workers and resumed runs together (default: 20, "
                         "or unlimited with --timeout)")
-    search.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    search.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
                         help="stop starting trials after this many seconds (per invocation)")
-    search.add_argument("--epochs", type=_int_at_least(1), default=None,
+    search.add_argument("--epochs", type=int_at_least(1), default=None,
                         help="epochs per trial and per confirmation run (default: the task's)")
     search.add_argument("--space", default=None, metavar="SPACE",
                         help="override or add dimensions, e.g. lr=1e-4:1,momentum=0.8:0.99 (see below)")
@@ -82,11 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Optuna storage: a file (journal; *.db = SQLite) or URL sqlite:///, postgresql://, "
                         "mysql://, redis:// (default: OUT/study.journal)")
     search.add_argument("--study-name", default=None, help="study name (default: <task>-<opt>)")
-    search.add_argument("--workers", type=_int_at_least(1), default=1,
+    search.add_argument("--workers", type=int_at_least(1), default=1,
                         help="local worker processes sharing the study (default: 1)")
     search.add_argument("--val-fraction", type=float, default=0.2,
                         help="share of the training set held out for validation during the search (default: 0.2)")
-    search.add_argument("--confirm-seeds", type=_int_at_least(2), default=5,
+    search.add_argument("--confirm-seeds", type=int_at_least(2), default=5,
                         help="seeds per configuration in the default-vs-tuned confirmation (default: 5)")
     search.add_argument("--no-report", action="store_true",
                         help="search only: no confirmation runs, no report")
@@ -98,32 +100,9 @@ def _common(parser: argparse.ArgumentParser, default_task: str) -> None:
                         help=f"digits, mnist1d, modular, logistic or a registered task (default: {default_task})")
     parser.add_argument("--opt", default="sgd", metavar="SPEC",
                         help="optimizer spec NAME[:KEY=VALUE,...] (default: sgd); fixed values are not searched")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model and data order (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the model and data order (default: 0)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/tune-...)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} (expected > 0)")
-    return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} (expected >= {low})")
-        return value
-
-    return parse
 
 
 def _error(message: str) -> int:
@@ -135,15 +114,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")[:60] or "opt"
 
 
-def _task_and_spec(args: argparse.Namespace):
+def _task_and_spec(args: argparse.Namespace, default_out: str):
+    """The task and the optimizer spec, and the output directory (``--out`` or ``default_out``, a
+    format string of ``task`` and ``opt``) created; names and the directory are checked before the
+    (possibly slow) data set is built."""
+    from sgdlab.cli.checks import output_dir
     from sgdlab.lab import specs as specs_module
     from sgdlab.lab import tasks as tasks_module
 
     if args.task not in tasks_module.TASKS:
         raise ValueError(f"unknown task {args.task!r}; valid tasks: {', '.join(tasks_module.task_names())}")
-    specs_module.parse_spec(args.opt, check=False)  # a bad name fails before the data set is built
+    unchecked = specs_module.parse_spec(args.opt, check=False)
+    out = output_dir(args.out or default_out.format(task=args.task, opt=_slug(unchecked.text)))
     task = tasks_module.get_task(args.task)
-    return task, specs_module.parse_spec(args.opt, task=task)
+    return task, specs_module.parse_spec(args.opt, task=task), out
 
 
 # --- tune lr ----------------------------------------------------------------------------------------
@@ -177,7 +161,7 @@ def run_lr(args: argparse.Namespace) -> int:
     if not args.end_lr > args.start_lr:
         return _error(f"--end-lr ({args.end_lr:g}) must be larger than --start-lr ({args.start_lr:g})")
     try:
-        task, spec = _task_and_spec(args)
+        task, spec, out = _task_and_spec(args, "runs/tune-lr-{task}-{opt}")
     except ValueError as error:
         return _error(str(error))
 
@@ -190,8 +174,6 @@ def run_lr(args: argparse.Namespace) -> int:
     from sgdlab.lab.tune.lr_finder import RULES, lr_range_test
 
     console = Console()
-    out = Path(args.out or f"runs/tune-lr-{task.name}-{_slug(spec.text)}")
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     model = task.model()
     optimizer = spec.build(model.parameters(), task)
@@ -250,8 +232,12 @@ def run_lr(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     if not 0 < args.val_fraction < 1:
         return _error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if args.storage and "://" not in args.storage:
+        from sgdlab.cli.checks import output_file
+
+        output_file(args.storage, "--storage")
     try:
-        task, spec = _task_and_spec(args)
+        task, spec, out = _task_and_spec(args, "runs/tune-{task}-{opt}")
     except ValueError as error:
         return _error(str(error))
 
@@ -261,7 +247,6 @@ def run_search(args: argparse.Namespace) -> int:
     from sgdlab.lab.tune.space import SpaceError
 
     console = Console()
-    out = Path(args.out or f"runs/tune-{task.name}-{_slug(spec.text)}")
     n_trials = args.trials if args.trials is not None else (None if args.timeout else 20)
     try:
         setup = SearchSetup(
