@@ -1,5 +1,7 @@
 """Optimizer specs: the --opt language, the registry and its errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -141,3 +143,27 @@ def test_state_keys_give_sgdlab_optimizers_compact_state():
 def test_invalid_state_keys_are_rejected_before_training(text, message):
     with pytest.raises(SpecError, match=message):
         parse_spec(text)
+
+
+@pytest.mark.parametrize("text, lr", [("sgd:lr=inf", math.inf), ("sgd:lr=1e-3", 1e-3), ("adam:lr=Infinity", math.inf)])
+def test_lr_words_for_numbers_parse_to_floats(text, lr):
+    # torch.optim accepts an infinite lr, so the spec does too; what matters is that it arrives
+    # as the float, not as the string "inf" (which the optimizer would refuse as a TypeError).
+    spec = parse_spec(text)
+    assert spec.hyperparameters["lr"] == lr and isinstance(spec.hyperparameters["lr"], float)
+    assert parse_spec(spec.text).hyperparameters == spec.hyperparameters
+
+
+def test_nan_lr_parses_to_a_float_that_the_optimizer_refuses():
+    with pytest.raises(SpecError, match=r"Invalid learning rate: nan"):
+        parse_spec("sgd:lr=nan")
+    assert math.isnan(parse_spec("sgd:lr=nan", check=False).hyperparameters["lr"])
+
+
+def test_lr_that_is_not_a_number_is_a_spec_error_even_without_check():
+    with pytest.raises(SpecError, match=r"invalid lr=fast .*expected a number"):
+        parse_spec("sgd:lr=fast", check=False)
+
+
+def test_number_words_inside_tuples_are_floats():
+    assert parse_spec("adam:betas=(0.9,inf)", check=False).hyperparameters["betas"] == (0.9, math.inf)

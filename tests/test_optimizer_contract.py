@@ -134,3 +134,33 @@ def test_sgd_l2_decay_goes_through_the_momentum_buffer():
     p.grad = torch.zeros(1, dtype=torch.float64)
     optimizer.step()
     assert optimizer.state[p]["momentum_buffer"].item() == pytest.approx(1.0)  # 0.5 * 2.0
+
+
+@pytest.mark.parametrize("ours, theirs", CLASSES, ids=["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("flags", [{}, {"foreach": False}, {"fused": True}], ids=["default", "for-loop", "fused"])
+def test_one_element_lr_of_any_shape_acts_as_a_scalar_like_torch(ours, theirs, flags):
+    results = []
+    for cls in (ours, theirs):
+        param = torch.nn.Parameter(torch.linspace(-1, 1, 10))
+        optimizer = cls([param], lr=torch.tensor([[1e-2]]), **flags)
+        for step in range(3):
+            param.grad = torch.full_like(param, 0.5 + step)
+            optimizer.step()
+        assert optimizer.param_groups[0]["lr"].shape == (1, 1)  # kept as given, as torch keeps it
+        results.append(param.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-7)
+    assert not torch.equal(results[0], torch.linspace(-1, 1, 10))
+
+
+@pytest.mark.parametrize("ours, theirs", CLASSES, ids=["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("param", [torch.ones(3, dtype=torch.int64), torch.ones(3, device="meta")],
+                         ids=["int64", "meta"])
+def test_fused_refuses_parameters_torch_fused_refuses(ours, theirs, param):
+    for cls in (ours, theirs):
+        p = param.clone()
+        p.grad = torch.ones_like(p)
+        optimizer = cls([p], fused=True)
+        with pytest.raises(RuntimeError, match=r"^`fused=True` requires all the params to be floating "
+                                               r"point Tensors of supported devices: \[.*'cpu'.*\] but "):
+            optimizer.step()
+        assert not any(optimizer.state.values())  # no state for the refused parameter

@@ -139,3 +139,30 @@ def test_adam_checkpoint_with_a_numeric_step_from_old_pytorch_loads():
     for state in restored.optimizer.state.values():
         assert torch.is_tensor(state["step"]) and state["step"].item() == 3.0
     restored.steps(1)
+
+
+@pytest.mark.parametrize("cls", [sgdlab.SGD, sgdlab.Adam, sgdlab.AdamW])
+def test_load_state_dict_post_hook_may_put_any_value_in_state(cls):
+    # torch.optim runs load_state_dict's post-hooks last, and lets them store anything there.
+    model = torch.nn.Linear(3, 2)
+    optimizer = cls(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    optimizer.register_load_state_dict_post_hook(lambda o: o.state.__setitem__("flag", True))
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert optimizer.state["flag"] is True
+    optimizer.load_state_dict(optimizer.state_dict())  # the foreign entry comes back as saved
+    assert optimizer.state["flag"] is True
+
+
+def test_eight_bit_codes_are_integers_again_when_post_hooks_run():
+    model = torch.nn.Linear(64, 64)
+    optimizer = sgdlab.AdamW(model.parameters())
+    sgdlab.optim.compact_state(optimizer, torch.uint8, min_8bit_size=0)
+    model(torch.ones(1, 64)).sum().backward()
+    optimizer.step()
+    seen = []
+    optimizer.register_load_state_dict_post_hook(
+        lambda o: seen.append(o.state[model.weight]["exp_avg"].dtype))
+    optimizer.load_state_dict(optimizer.state_dict())
+    assert seen == [torch.uint8]

@@ -1,7 +1,10 @@
 """Hyperparameter checks shared by the validate_* functions.
 
-Every message names the argument and the offending value; NaN never passes (comparisons with NaN
-are false, so each check is written as "must satisfy" rather than "must not violate").
+Messages start with torch.optim's own wording (``Invalid learning rate: -0.1``), so that code and
+tests written against torch.optim's errors match sgdlab's, and then name the argument and what it
+must satisfy. NaN never passes (comparisons with NaN are false, so each check is written as "must
+satisfy" rather than "must not violate"); a value that is not a number at all (``lr="1e-3"``) is a
+TypeError, the exception torch.optim raises when it compares it.
 """
 
 from __future__ import annotations
@@ -11,33 +14,57 @@ from typing import Any
 
 
 def as_float(name: str, value: Any, what: str) -> float:
-    """The float value of a hyperparameter (a number or a 1-element tensor)."""
+    """The float value of a hyperparameter (a number or a 1-element tensor of any shape)."""
     numel = getattr(value, "numel", None)
     if numel is not None:
         if numel() != 1:
-            raise ValueError(f"Tensor {name} must be 1-element, got {numel()} elements")
+            raise ValueError(f"Tensor {name} must be 1-element (got {numel()} elements)")
         value = value.item()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid {what}: {name}={value!r} is not a number") from None
+    # Strings have no __float__: float("1e-3") would parse one, torch.optim refuses it.
+    if not hasattr(type(value), "__float__"):
+        raise TypeError(
+            f"Invalid {what}: {value!r} ({name}={value!r} is a {type(value).__name__}; expected "
+            "a number or a 1-element Tensor)"
+        )
+    number = float(value)
     if math.isnan(number):
-        raise ValueError(f"Invalid {what}: {name}={value!r} (NaN is not allowed)")
+        raise ValueError(f"Invalid {what}: {_show(value)} ({name}=nan, NaN is not allowed)")
     return number
 
 
 def at_least(name: str, value: Any, low: float, what: str) -> None:
     if not as_float(name, value, what) >= low:
-        raise ValueError(f"Invalid {what}: {name}={_show(value)} (expected {name} >= {low:g})")
+        raise ValueError(
+            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected {name} >= {low:g})"
+        )
 
 
 def in_unit_interval(name: str, value: Any, what: str) -> None:
     """0 <= value < 1, the domain of a decay rate (beta, momentum averaging)."""
     number = as_float(name, value, what)
     if not 0.0 <= number < 1.0:
-        raise ValueError(f"Invalid {what}: {name}={_show(value)} (expected 0 <= {name} < 1)")
+        raise ValueError(
+            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected 0 <= {name} < 1)"
+        )
+
+
+def tensor_needs_capturable(name: str, value: Any, foreach: Any, capturable: Any) -> None:
+    """torch.optim's for-each kernels take a tensor hyperparameter only when capturable."""
+    if foreach and not capturable and is_tensor(value):
+        raise ValueError(
+            f"{name} as a Tensor is not supported for capturable=False and foreach=True"
+        )
 
 
 def _show(value: Any) -> str:
+    # As torch.optim formats the value (f"{lr}"): -0.1, and a 0-d tensor as its item.
+    return format(value)
+
+
+def _plain(value: Any) -> str:
     item = getattr(value, "item", None)
     return repr(item()) if item is not None else repr(value)
+
+
+def is_tensor(value: Any) -> bool:
+    return getattr(value, "numel", None) is not None

@@ -29,7 +29,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
+from sgdlab.algorithms._checks import (
+    at_least,
+    in_unit_interval,
+    is_tensor,
+    tensor_needs_capturable,
+)
 
 State = dict[str, Any]
 
@@ -88,9 +93,15 @@ def validate_adam(
     betas: tuple[Any, Any] = (0.9, 0.999),
     eps: Any = 1e-8,
     weight_decay: Any = 0.0,
+    foreach: Any = None,
+    capturable: Any = False,
     **_: Any,
 ) -> None:
-    """Raise ValueError naming the argument for any invalid Adam hyperparameter."""
+    """Raise what torch.optim.Adam raises, in its order and words, for an invalid hyperparameter.
+
+    Unlike torch.optim, integer betas are accepted (they are numbers) and NaN never is.
+    """
+    tensor_needs_capturable("lr", lr, foreach, capturable)
     at_least("lr", lr, 0.0, "learning rate")
     at_least("eps", eps, 0.0, "epsilon value")
     try:
@@ -100,4 +111,7 @@ def validate_adam(
     in_unit_interval("betas[0]", beta1, "beta parameter at index 0")
     in_unit_interval("betas[1]", beta2, "beta parameter at index 1")
     at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
-    as_float("eps", eps, "epsilon value")
+    if is_tensor(beta1) != is_tensor(beta2):
+        raise ValueError("betas must be either both floats or both Tensors")
+    tensor_needs_capturable("betas[0]", beta1, foreach, capturable)
+    tensor_needs_capturable("betas[1]", beta2, foreach, capturable)

@@ -98,7 +98,17 @@ def validate_sgd(
     momentum_form: str = "buffer",
     **_: Any,
 ) -> None:
-    """Raise ValueError naming the argument for any invalid SGD hyperparameter."""
+    """Raise what torch.optim.SGD raises, in its order and words, for an invalid hyperparameter
+    (and NaN, which torch.optim.SGD lets through)."""
+    at_least("lr", lr, 0.0, "learning rate")
+    at_least("momentum", momentum, 0.0, "momentum value")
+    at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
+    at_least("dampening", dampening, float("-inf"), "dampening value")
+    if nesterov and (float(momentum) <= 0 or float(dampening) != 0):
+        raise ValueError(
+            "Nesterov momentum requires a momentum and zero dampening "
+            f"(got momentum={momentum}, dampening={dampening})"
+        )
     if momentum_form not in ("buffer", "velocity"):
         raise ValueError(
             f"Invalid momentum_form: {momentum_form!r} (expected 'buffer' or 'velocity')"
@@ -106,15 +116,6 @@ def validate_sgd(
     if momentum_form == "velocity" and float(dampening) != 0:
         # The velocity form (Keras) has no dampening; a made-up one would have no reference.
         raise ValueError(
-            f"Invalid dampening: dampening={dampening!r} (the velocity form of momentum, "
-            "the Keras convention, has no dampening; expected 0)"
-        )
-    at_least("lr", lr, 0.0, "learning rate")
-    at_least("momentum", momentum, 0.0, "momentum value")
-    at_least("dampening", dampening, float("-inf"), "dampening value")
-    at_least("weight_decay", weight_decay, 0.0, "weight_decay value")
-    if nesterov and (float(momentum) <= 0 or float(dampening) != 0):
-        raise ValueError(
-            "Nesterov momentum requires a momentum and zero dampening "
-            f"(got momentum={momentum!r}, dampening={dampening!r})"
+            f"Invalid dampening value: {dampening} (the velocity form of momentum, "
+            "the Keras convention, has no dampening; expected dampening=0)"
         )

@@ -39,6 +39,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -299,13 +300,23 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
+# Numbers Python's literals lack: lr=inf arrives as the float inf, not the string "inf".
+_NUMBER_WORDS = {"inf": math.inf, "infinity": math.inf, "nan": math.nan}
+
+
+class _NumberWords(ast.NodeTransformer):
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        number = _NUMBER_WORDS.get(node.id.lower())
+        return node if number is None else ast.Constant(number)
+
+
 def _parse_value(text: str) -> Any:
     lowered = text.lower()
     if lowered in ("true", "false", "none"):
         return {"true": True, "false": False, "none": None}[lowered]
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        value = ast.literal_eval(_NumberWords().visit(ast.parse(text, mode="eval")))
+    except (ValueError, TypeError, SyntaxError):
         return text  # a bare word, e.g. a mode name
     return tuple(value) if isinstance(value, list) else value
 
@@ -332,6 +343,9 @@ def parse_spec(text: str, *, check: bool = True, task: Any = None) -> OptimizerS
                 label = value.strip()
             else:
                 hyperparameters[key] = _parse_value(value.strip())
+                if key == "lr" and isinstance(hyperparameters[key], str):
+                    raise SpecError(f"invalid lr={value.strip()} in {text!r}: expected a number "
+                                    "(e.g. lr=1e-3, lr=inf)")
     spec = OptimizerSpec(name if name in OPTIMIZERS else lookup(name).name, hyperparameters, label)
     if check:
         spec.check(task)

@@ -26,6 +26,13 @@ def _step_dtype(fused: bool) -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _scalars(betas: Any) -> Any:
+    # As torch.optim.Adam stores them: 1-element tensors of any shape become 0-d views.
+    if not isinstance(betas, (list, tuple)):
+        return betas  # validate_adam names what is wrong with it
+    return tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() else b for b in betas)
+
+
 class Adam(RuleOptimizer):
     """Adam (Kingma & Ba, 2015), optionally AMSGrad and decoupled weight decay (AdamW).
 
@@ -68,7 +75,7 @@ class Adam(RuleOptimizer):
     ) -> None:
         defaults = {
             "lr": lr,
-            "betas": tuple(betas) if isinstance(betas, (list, tuple)) else betas,
+            "betas": _scalars(betas),
             "eps": eps,
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,

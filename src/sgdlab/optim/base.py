@@ -46,20 +46,33 @@ class RuleOptimizer(Optimizer):
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # torch.optim's load_state_dict ends here, before its post-hooks run (which may put
+        # anything in self.state), with every state tensor cast to its parameter's dtype.
         super().__setstate__(state)
         for group in self.param_groups:
             for key, value in self.group_defaults.items():
                 group.setdefault(key, value)
+        # 8-bit codes (an entry with block scales beside it) are integers 0..255: cast back
+        # exactly. Entries that are not a parameter's state dict are left as they are.
+        for entry in self.state.values():
+            if not isinstance(entry, dict):
+                continue
+            quantized.unpack(entry)  # a state_dict holds an 8-bit entry as one dict
+            for key, value in list(entry.items()):
+                if (isinstance(key, str) and key + quantized.SUFFIX in entry
+                        and isinstance(value, Tensor) and value.dtype != torch.uint8):
+                    entry[key] = value.to(torch.uint8)
+
+    def state_dict(self) -> dict[str, Any]:
+        saved = super().state_dict()
+        # Each 8-bit entry as one dict (codes, scales): torch.optim refuses it at its first step
+        # instead of training on codes cast to floats (quantized.pack).
+        saved["state"] = {key: quantized.pack(value) if isinstance(value, dict) else value
+                          for key, value in saved["state"].items()}
+        return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        # torch.optim casts every state tensor to the parameter's dtype; 8-bit codes (an entry
-        # with block scales beside it) are integers 0..255, cast back exactly.
-        for state in self.state.values():
-            for key in list(state):
-                scales = state.get(key + quantized.SUFFIX)
-                if scales is not None and state[key].dtype != torch.uint8:
-                    state[key] = state[key].to(torch.uint8)
+        super().load_state_dict(_compact_checkpoint(self.param_groups, state_dict))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -112,6 +125,7 @@ class RuleOptimizer(Optimizer):
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for index, group in enumerate(self.param_groups):
                 params, grads, states, new = [], [], [], []
+                fused = group.get("fused")
                 for param in group["params"]:
                     grad = param.grad
                     if grad is None:
@@ -120,6 +134,8 @@ class RuleOptimizer(Optimizer):
                         check(param, grad)
                     state = known.get(param)
                     if not state:
+                        if fused:
+                            check_fused_param(param)
                         state = self.init_state(param, group)
                         new.append((param, state))
                     params.append(param)
@@ -143,7 +159,11 @@ class RuleOptimizer(Optimizer):
             return
         with torch.no_grad():
             self.check_grad(param, grad)
-            state = self.state.get(param) or self.init_state(param, group)
+            state = self.state.get(param)
+            if not state:
+                if group.get("fused"):
+                    check_fused_param(param)
+                state = self.init_state(param, group)
             self._run_rule((group_index, id(param)), group, [param], [grad], [state])
             if state and param not in self.state:
                 self.state[param] = state
@@ -173,7 +193,12 @@ class RuleOptimizer(Optimizer):
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
                  state_dtype: torch.dtype | None) -> None:
-        hyperparameters = self.rule_hyperparameters(group)
+        hyperparameters = {
+            # A 1-element tensor of any shape (lr=torch.tensor([[1e-3]])) acts as a scalar, as
+            # in torch.optim; its 0-d view follows in-place changes (schedulers) to the original.
+            key: value.view(()) if isinstance(value, Tensor) and value.dim() else value
+            for key, value in self.rule_hyperparameters(group).items()
+        }
         compact = state_dtype is not None and state_dtype != params[0].dtype
         rounding_step = 0
         if compact:
@@ -190,11 +215,13 @@ class RuleOptimizer(Optimizer):
                     group[ROUNDING_STEP] = rounding_step
                 return
         if compact:
+            _check_state_shapes(group, params, states)  # a checkpoint that does not fit: say so
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} needs the grouped execution path: plain, "
                 "dense, contiguous tensors of one device and dtype (not DTensor / FSDP2 shards), "
                 "in a group that is not differentiable, capturable or foreach=False"
             )
+        quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
         execution.per_tensor(
             type(self).rule,
             params,
@@ -203,6 +230,67 @@ class RuleOptimizer(Optimizer):
             hyperparameters,
             capturable=bool(group.get("capturable", False)),
         )
+
+
+def check_fused_param(param: Tensor) -> None:
+    """``fused=True`` takes floating-point parameters on devices with fused kernels, as in
+    torch.optim (which checks a parameter when it creates its state, before the first step)."""
+    devices = _fused_devices()
+    if not (param.device.type in devices and torch.is_floating_point(param)):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of "
+            f"supported devices: {devices} but {param.dtype} and {param.device.type}"
+        )
+
+
+def _fused_devices() -> list[str]:
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: its list as of torch 2.13
+        return ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", torch._C._get_privateuse1_backend_name()]
+    return _get_fused_kernels_supported_devices()
+
+
+def _compact_checkpoint(groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` checked for 8-bit entries that do not fit the parameters (a ValueError naming
+    them, before anything changes), and with the optimizer's own storage settings where its groups
+    have none (a checkpoint of torch.optim, or of float32 state, loads into compact state)."""
+    saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    if (not isinstance(saved_groups, list) or len(saved_groups) != len(groups)
+            or any(len(g["params"]) != len(s.get("params", ())) for g, s in zip(groups, saved_groups))):
+        return state_dict  # torch.optim's load_state_dict says what is wrong
+    saved_state = state_dict.get("state", {})
+    for group_index, (group, saved) in enumerate(zip(groups, saved_groups)):
+        for param, param_id in zip(group["params"], saved["params"]):
+            entry = saved_state.get(param_id)
+            problem = quantized.mismatch(param, entry) if isinstance(entry, dict) else None
+            if problem is not None:
+                raise ValueError(
+                    f"loaded state dict does not fit parameter {param_id} (param group "
+                    f"{group_index}, shape {list(param.shape)}): {problem}"
+                )
+    storage = ("state_dtype", "min_8bit_size")
+    if all(key in saved or key not in group
+           for group, saved in zip(groups, saved_groups) for key in storage):
+        return state_dict
+    filled = [{**{key: group[key] for key in storage if key in group and key not in saved}, **saved}
+              for group, saved in zip(groups, saved_groups)]
+    return {**state_dict, "param_groups": filled}
+
+
+def _check_state_shapes(group: dict[str, Any], params: list[Tensor],
+                        states: list[dict[str, Any]]) -> None:
+    """A ValueError naming the first state tensor shaped unlike its parameter, if any."""
+    for param, state in zip(params, states):
+        for key, value in state.items():
+            if (isinstance(value, Tensor) and value.dim() and value.shape != param.shape
+                    and not (isinstance(key, str) and key.endswith(quantized.SUFFIX))):
+                position = next(i for i, p in enumerate(group["params"]) if p is param)
+                raise ValueError(
+                    f"state entry {key!r} of parameter {position} of its param group has shape "
+                    f"{list(value.shape)}, expected the parameter's {list(param.shape)} (loaded "
+                    "from a checkpoint of other parameters?)"
+                )
 
 
 def check_min_8bit_size(value: Any) -> None:

@@ -17,8 +17,9 @@ The strategies all run the rule itself (no optimizer math lives here):
                 tensor (in place): eagerly, bit-identical to ``per_tensor``, or for groups of
                 ``COMPILE_MIN_NUMEL`` elements or more compiled by Inductor. The C loop and
                 Inductor are bit-identical to ``per_tensor`` run with a correctly rounded sqrt;
-                eager PyTorch's vectorized float32/64 ``sqrt`` is not (Adam's parameters then
-                differ in the last bit, as torch.optim's fused Adam differs from its for-loop).
+                eager PyTorch's CPU ``sqrt`` (MKL's) is not (Adam's parameters then differ in
+                the last bits, less than torch.optim's fused Adam differs from its for-loop:
+                docs/drop-in.md).
                 Compact state (bfloat16, 8-bit) is stored here too: see ``GroupLayout``.
 """
 
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from sgdlab.optim import native, quantized, replay
+from sgdlab.optim import native, quantized, replay, torch_ops
 
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -74,7 +75,7 @@ def per_tensor(
     hyperparameters: dict[str, Any],
     *,
     capturable: bool = False,
-    ops: Any = torch,
+    ops: Any = torch_ops,
 ) -> None:
     """The reference execution: one rule call per tensor, in eager PyTorch (``ops``)."""
     for param, grad, state in zip(params, grads, states):
@@ -99,7 +100,7 @@ def _complex_step(rule, param, grad, state, hyperparameters, capturable) -> None
         torch.view_as_real(param),
         torch.view_as_real(grad),
         rule_state(real_state, capturable=capturable),
-        ops=torch,
+        ops=torch_ops,
         **hyperparameters,
     )
     torch.view_as_real(param).copy_(new_param)

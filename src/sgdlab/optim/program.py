@@ -32,12 +32,17 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from sgdlab.optim import torch_ops
+
 # torch functions a rule may call through ``ops``: elementwise, so that running the rule on a
 # concatenation of tensors is the same as running it on each tensor.
 ELEMENTWISE = frozenset(
     {"sqrt", "rsqrt", "maximum", "minimum", "abs", "sign", "exp", "log", "where", "clamp",
-     "square", "reciprocal", "tanh", "sigmoid", "neg", "lerp", "copysign"}
+     "square", "reciprocal", "tanh", "sigmoid", "neg", "lerp", "copysign", "fma", "addcmul"}
 )
+# Those the program calls from :mod:`sgdlab.optim.torch_ops` (the multiply-adds torch.optim rounds
+# once, :mod:`sgdlab.algorithms.fused`), the rest from torch.
+_TORCH_OPS = frozenset({"fma", "addcmul", "lerp"})
 
 
 class TraceError(Exception):
@@ -160,9 +165,11 @@ class _Ops:
         if name not in ELEMENTWISE:
             raise TraceError(f"ops.{name} is not an elementwise operation")
 
+        module = "ops" if name in _TORCH_OPS else "torch"
+
         def call(*args: Any) -> Lazy:
             operands = tuple(self._tracer.operand(a) for a in args)
-            return self._tracer.emit(f"torch.{name}({', '.join(operands)})", name, operands)
+            return self._tracer.emit(f"{module}.{name}({', '.join(operands)})", name, operands)
 
         return call
 
@@ -293,7 +300,8 @@ _compiled: dict[str, Callable[..., None]] = {}
 
 
 def _function(source: str) -> Callable[..., None]:
-    namespace: dict[str, Any] = {"torch": torch, "round_to_bfloat16": round_to_bfloat16}
+    namespace: dict[str, Any] = {"torch": torch, "ops": torch_ops,
+                                 "round_to_bfloat16": round_to_bfloat16}
     exec(compile(source, "<sgdlab program>", "exec"), namespace)  # noqa: S102 - our own text
     return namespace["program"]
 

@@ -1,0 +1,67 @@
+"""The ``ops`` a rule sees on torch tensors: torch's functions, plus the multiply-adds of
+:mod:`sgdlab.algorithms.fused` computed by the very kernels torch.optim calls (``add(alpha=)``,
+``addcmul``, ``lerp``), so that a rule written in torch.optim's order of operations gives
+torch.optim's bits, on any device.
+
+Under ``torch.compile`` (the grouped path's Inductor programs) those kernels are decomposed, and
+Inductor's CPU code rounds ``a * b + c`` twice; there the multiply-adds are Inductor's own fused
+multiply-add, so that compiled programs round as eager CPU kernels do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:  # Inductor's fused multiply-add (an internal of torch: without it, Inductor rounds twice)
+    from torch._inductor.inductor_prims import fma as _compiled_fma
+except Exception:  # noqa: BLE001 - any failure: the decomposed form, still correct
+    _compiled_fma = None
+
+
+def fma(a: Any, b: Any, c: Tensor) -> Tensor:
+    """``a * b + c`` rounded once: ``add(alpha=)`` (torch.optim's ``add_(x, alpha=...)``) with a
+    number, ``addcmul`` with a 0-d tensor (a tensor learning rate: differentiable, as torch
+    .optim's ``addcmul_(grad, lr, value=-1)``) or with two tensors."""
+    if _compiled_fma is not None and torch.compiler.is_compiling():
+        return _compiled_fma(_as_tensor(a, c), _as_tensor(b, c), c)
+    if not isinstance(a, Tensor):
+        return torch.add(c, b, alpha=a)
+    if not isinstance(b, Tensor):
+        return torch.add(c, a, alpha=b)
+    return torch.addcmul(c, a, b)
+
+
+def addcmul(x: Tensor, tensor1: Tensor, tensor2: Tensor, value: Any) -> Tensor:
+    """``x + value * tensor1 * tensor2`` as ``torch.addcmul`` computes it (on CPU: the product
+    ``value * tensor1`` rounded, then one fused multiply-add)."""
+    if _compiled_fma is not None and torch.compiler.is_compiling():
+        return _compiled_fma(value * tensor1, tensor2, x)
+    if isinstance(value, Tensor):  # a tensor beta2: the same product, kept differentiable
+        return torch.addcmul(x, value * tensor1, tensor2)
+    return torch.addcmul(x, tensor1, tensor2, value=value)
+
+
+def lerp(start: Tensor, end: Tensor, weight: Any) -> Tensor:
+    """``torch.lerp``: one rounding, from ``start`` when ``|weight| < 0.5``, else from ``end``."""
+    if _compiled_fma is not None and torch.compiler.is_compiling():
+        weight = _as_tensor(weight, start)
+        difference = end - start
+        return torch.where(weight.abs() < 0.5, fma(weight, difference, start),
+                           fma(weight - 1, difference, end))
+    if isinstance(weight, Tensor) and weight.dtype != start.dtype:
+        # torch.lerp wants a tensor weight in the tensors' dtype; torch.optim casts it alike.
+        weight = weight.to(start.dtype)
+    return torch.lerp(start, end, weight)
+
+
+def _as_tensor(x: Any, like: Tensor) -> Tensor:
+    if isinstance(x, Tensor):
+        return x if x.dtype == like.dtype else x.to(like.dtype)
+    return torch.tensor(x, dtype=like.dtype, device=like.device)
+
+
+def __getattr__(name: str) -> Any:  # sqrt, maximum, where, ...: torch's own
+    return getattr(torch, name)
