@@ -35,6 +35,7 @@ from sgdlab.algorithms._checks import (
     is_tensor,
     tensor_needs_capturable,
 )
+from sgdlab.algorithms.fused import addcmul, fma, lerp
 
 State = dict[str, Any]
 
@@ -64,6 +65,8 @@ def adam(
     ops: Any,
 ) -> tuple[Any, State]:
     """One Adam step; returns the new parameter and state without modifying the inputs."""
+    # Operations in torch.optim's order, multiply-adds rounded once as its kernels round them
+    # (sgdlab.algorithms.fused): the same numbers as torch.optim.Adam, bit for bit.
     if maximize:
         grad = -grad
     step = state["step"] + 1
@@ -71,9 +74,9 @@ def adam(
         if decoupled_weight_decay:
             param = param * (1 - lr * weight_decay)
         else:
-            grad = grad + weight_decay * param
-    exp_avg = state["exp_avg"] + (1 - beta1) * (grad - state["exp_avg"])
-    exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * (grad * grad)
+            grad = fma(weight_decay, param, grad, ops)
+    exp_avg = lerp(state["exp_avg"], grad, 1 - beta1, ops)
+    exp_avg_sq = addcmul(beta2 * state["exp_avg_sq"], grad, grad, 1 - beta2, ops)
     new_state: State = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     if amsgrad:
         exp_avg_sq = ops.maximum(state["max_exp_avg_sq"], exp_avg_sq)
@@ -83,8 +86,9 @@ def adam(
     if eps_hat:
         alpha = lr * bias_correction2**0.5 / bias_correction1
         return param - (exp_avg * alpha) / (ops.sqrt(exp_avg_sq) + eps), new_state
+    step_size = lr / bias_correction1
     denom = ops.sqrt(exp_avg_sq) / bias_correction2**0.5 + eps
-    return param - (lr / bias_correction1) * (exp_avg / denom), new_state
+    return param + (-step_size * exp_avg) / denom, new_state
 
 
 def validate_adam(

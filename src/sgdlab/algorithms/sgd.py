@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from sgdlab.algorithms._checks import at_least
+from sgdlab.algorithms.fused import fma
 
 State = dict[str, Any]
 
@@ -70,7 +71,7 @@ def sgd(
         if decoupled_weight_decay:
             param = param * (1 - lr * weight_decay)
         else:
-            grad = grad + weight_decay * param
+            grad = fma(weight_decay, param, grad, ops)
     new_state: State = {}
     if momentum != 0 and momentum_form == "velocity":
         velocity = state.get("velocity")
@@ -82,10 +83,12 @@ def sgd(
         buf = state.get("momentum_buffer")
         # The first buffer is the gradient itself, not (1 - dampening) * gradient: PyTorch's choice,
         # kept so that checkpoints and trajectories agree with torch.optim.SGD.
-        buf = grad if buf is None else momentum * buf + (1 - dampening) * grad
+        buf = grad if buf is None else fma(1 - dampening, grad, momentum * buf, ops)
         new_state["momentum_buffer"] = buf
-        grad = grad + momentum * buf if nesterov else buf
-    return param - lr * grad, new_state
+        grad = fma(momentum, buf, grad, ops) if nesterov else buf
+    # Multiply-adds rounded once, as torch.optim's add_(..., alpha=...) rounds them
+    # (sgdlab.algorithms.fused): the same numbers as torch.optim.SGD, bit for bit.
+    return fma(-lr, grad, param, ops), new_state
 
 
 def validate_sgd(
