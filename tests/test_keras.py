@@ -456,7 +456,7 @@ def test_model_fit_trains_in_mixed_precision_behind_keras_loss_scaling():
     assert losses[-1] < 0.5 * losses[0]
 
 
-# --- sparse gradients: an Embedding layer (tf.IndexedSlices on tensorflow) --------------------------
+# --- sparse gradients: an Embedding layer (tf.IndexedSlices on tensorflow) -----------------------
 # The rules see the dense gradient (rows looked up twice in a batch: their two slices summed). Keras
 # 3's own Adam on tensorflow squares each looked-up slice on its own instead, so with repeated
 # lookups its second moment is not that of the gradient (nor its numbers on torch and jax).
@@ -541,7 +541,8 @@ def _apply_three_steps(optimizer, densify):
     variable = keras.Variable(np.arange(15, dtype="float32").reshape(5, 3) / 10)
     for step in range(3):
         gradient = _sparse_gradient(step)
-        optimizer.apply_gradients([(tf.convert_to_tensor(gradient) if densify else gradient, variable)])
+        gradient = tf.convert_to_tensor(gradient) if densify else gradient
+        optimizer.apply_gradients([(gradient, variable)])
     return keras.ops.convert_to_numpy(variable)
 
 

@@ -51,7 +51,7 @@ def check_weight_decay(weight_decay: Any, *, required: bool = False) -> float | 
 
 
 def check_betas(beta_1: Any, beta_2: Any, *, beta_1_may_be_zero: bool = True) -> None:
-    """Decay rates of moving averages: in [0, 1), beta_1 in (0, 1) where zero means nothing."""
+    """Decay rates of moving averages, in [0, 1); beta_1 in (0, 1) where the rule needs it > 0."""
     first = _number(beta_1)
     if beta_1_may_be_zero and not 0.0 <= first < 1.0:
         _refuse("Argument `beta_1` must be a float in [0, 1).", "beta_1", beta_1)

@@ -51,16 +51,18 @@ else:
     _OPS = ops
     _no_grad = contextlib.nullcontext
 
-# The rules take dense tensors. On TensorFlow, the gradient of a row lookup (an Embedding layer) is
-# a tf.IndexedSlices: the rows looked up, once per lookup, and their indices. Its dense form (rows
-# looked up twice summed, the others zero) is the tensor Keras's own Adam computes with, since its
-# first ops.subtract densifies the gradient; SGD without momentum scatters the rows instead, which
-# agrees up to the rounding of rows looked up more than once.
+# The rules take dense tensors. On TensorFlow, the gradient of a row lookup (an Embedding layer)
+# is a tf.IndexedSlices: the rows looked up, once per lookup, and their indices. The rules get its
+# dense form (a row looked up twice: the sum of its two slices), the gradient itself, which is
+# what they get on the torch and jax backends. Keras's own Adam on TensorFlow squares each slice
+# on its own instead, so there it differs for rows looked up more than once (docs/drop-in.md).
 if keras.config.backend() == "tensorflow":
     import tensorflow as _tf
 
     def _dense(gradient: Any) -> Any:
-        return _tf.convert_to_tensor(gradient) if isinstance(gradient, _tf.IndexedSlices) else gradient
+        if isinstance(gradient, _tf.IndexedSlices):
+            return _tf.convert_to_tensor(gradient)
+        return gradient
 
 else:
 
@@ -123,11 +125,11 @@ class RuleOptimizer(keras.optimizers.Optimizer):
                     )
         self._slots = slots
 
-    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
+    def _backend_update_step(self, grads: Any, variables: Any, learning_rate: Any) -> None:
         # After the base class has clipped (Keras clips a tf.IndexedSlices as one), accumulated and
         # decayed, and before any update_step: so every subclass's update_step sees dense tensors.
         grads = [_dense(gradient) for gradient in grads]
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        super()._backend_update_step(grads, variables, learning_rate)
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         dtype = variable.dtype
