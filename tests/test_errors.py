@@ -158,3 +158,10 @@ def test_sparse_gradients_are_rejected_by_adam_like_torch(cls, reference):
         p.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,))
         with pytest.raises(RuntimeError, match="sparse"):
             optimizer_cls([p]).step()
+
+
+@pytest.mark.parametrize("cls, reference", [(sgdlab.SGD, torch.optim.SGD), (sgdlab.Adam, torch.optim.Adam)])
+def test_parameters_are_checked_before_fused_flags_like_torch(cls, reference):
+    for optimizer_cls in (cls, reference):
+        with pytest.raises(ValueError, match="empty parameter list"):
+            optimizer_cls([], fused=True, differentiable=True)

@@ -38,12 +38,13 @@ class RuleOptimizer(Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         type(self).validate(**defaults)
+        super().__init__(params, defaults)
+        # After the parameters, as in torch.optim (an empty parameter list is named first).
         if defaults.get("fused"):
             if defaults.get("differentiable"):
                 raise RuntimeError("`fused` does not support `differentiable`")
             if defaults.get("foreach"):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # torch.optim's load_state_dict ends here, before its post-hooks run (which may put
