@@ -27,10 +27,15 @@ the caller uses Inductor or the eager program.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
+import errno
+import functools
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -313,16 +318,164 @@ def _quantized_source(program: Program, ctype: str, n_tensors: int, pointers: st
 
 
 # --- compiling and loading ------------------------------------------------------------------------
+# Loading a shared object runs its code in this process, so sgdlab loads only a library it can show
+# it compiled itself (the whole trust model, and why: docs/native-code.md):
+# - Directory: owned by this user and writable by no one else, below directories of this user or
+#   root that no one else can write either (sticky ones, like /tmp, are fine): nobody else can add,
+#   replace or rename anything on the path. sgdlab creates its directories with mode 0700 itself.
+#   A directory that fails is never used: the process compiles into a fresh private temporary
+#   directory instead, and says so once.
+# - File: compiled in a private work directory, made read-only for its owner, then renamed into
+#   place (atomically: a reader sees the whole file or none). Its name ends with the SHA-256 of
+#   its bytes. Before loading, the file, opened without following links, must be a regular file
+#   of this user with one link, writable by no one else, whose bytes hash to its name. Anything
+#   else is deleted and compiled again, never loaded: a truncated library kills the process with
+#   SIGBUS inside dlopen.
+# - The bytes checked are the bytes loaded: on Linux dlopen opens /proc/self/fd/N, the very file
+#   that was read, whatever its name points at by then.
 _lock = threading.Lock()
 _kernels: dict[Any, Any] = {}
 _unavailable: list[str] = []
+_private_lock = threading.Lock()
+_private: list[Path] = []  # this process's temporary cache, once the configured one failed
+_loaded: list[int] = []  # descriptors of loaded libraries, never closed: dlopen knows them by name
+DIRECTORY_MODE = 0o700
+LIBRARY_MODE = 0o500
+DIGEST_CHARS = 32  # of the SHA-256's hex digits: 128 bits, plenty against damage
+_POSIX = hasattr(os, "geteuid")  # owners and modes to check
+_OPEN = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+         | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
-def cache_dir() -> Path:
+class NoCompiler(Exception):
+    """There is no working C compiler: the C path is off for this process."""
+
+
+class Untrusted(Exception):
+    """No directory that only this user can write is available to compile into."""
+
+
+def configured_cache_dir() -> Path:
+    """Where kernels are cached: ``$SGDLAB_CACHE_DIR/kernels``, else
+    ``$XDG_CACHE_HOME/sgdlab/kernels`` (``~/.cache/sgdlab/kernels``)."""
     root = os.environ.get("SGDLAB_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sgdlab"
     )
     return Path(root) / "kernels"
+
+
+def cache_dir() -> Path:
+    """The directory kernels are compiled into and loaded from: the configured one (created if
+    missing) when it passes :func:`directory_problem` and can be written, else this process's
+    private temporary directory (:class:`Untrusted` when even that one fails the checks)."""
+    configured = configured_cache_dir()
+    try:
+        _make_directories(configured)
+        problem = directory_problem(configured)
+        if problem is None and not os.access(configured, os.W_OK | os.X_OK):
+            problem = "it cannot be written"
+    except OSError as error:
+        problem = f"it cannot be created: {error.strerror or error}"
+    if problem is None:
+        return configured
+    return _private_directory(configured, problem)
+
+
+def _make_directories(path: Path) -> None:
+    # Each missing directory is made owner-only explicitly: under umask 002 os.makedirs would
+    # make them group-writable.
+    missing = []
+    for directory in (path, *path.parents):
+        if os.path.lexists(directory):
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIRECTORY_MODE)
+        except FileExistsError:  # another process was first: checked like any existing one
+            continue
+        os.chmod(directory, DIRECTORY_MODE)  # the umask may have taken the owner's bits too
+
+
+def _uid() -> int:
+    return os.geteuid()
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be trusted to hold code this process will load, or None.
+
+    It must be a directory owned by this user that no one else can write, and so must every
+    directory above it, except that those may belong to root, and may be writable by others
+    when sticky (as /tmp is: others cannot rename or delete what is not theirs)."""
+    if not _POSIX:
+        return "owners and modes cannot be checked on this platform"
+    real = Path(os.path.realpath(path))
+    uid = _uid()
+    for directory in (real, *real.parents):
+        try:
+            status = os.stat(directory)
+        except OSError as error:
+            return f"{directory}: {error.strerror}"
+        mode = stat.S_IMODE(status.st_mode)
+        if not stat.S_ISDIR(status.st_mode):
+            return f"{directory} is not a directory"
+        if status.st_uid != uid and (directory == real or status.st_uid != 0):
+            return f"{directory} belongs to uid {status.st_uid}, not to this user (uid {uid})"
+        if _others_can_write(status) and (directory == real or not mode & stat.S_ISVTX):
+            return f"{directory} can be written by other users (mode {mode:o})"
+    return None
+
+
+def _others_can_write(status: os.stat_result) -> bool:
+    return bool(status.st_mode & stat.S_IWOTH
+                or status.st_mode & stat.S_IWGRP and not _private_group(status.st_gid))
+
+
+@functools.lru_cache(maxsize=None)
+def _private_group(gid: int) -> bool:
+    # User private groups (Fedora, RHEL: umask 002 and a group of one's own): write access for a
+    # group named after the user, with no other members, grants no one else anything.
+    try:
+        import grp
+        import pwd
+
+        user, group = pwd.getpwuid(_uid()), grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return (gid == user.pw_gid and group.gr_name == user.pw_name
+            and set(group.gr_mem) <= {user.pw_name})
+
+
+def _private_directory(configured: Path, problem: str) -> Path:
+    with _private_lock:
+        if not _private:
+            directory = Path(tempfile.mkdtemp(prefix="sgdlab-kernels-"))  # 0700, unguessable
+            own = directory_problem(directory) if _POSIX else None
+            if own is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise Untrusted(f"not using {configured} ({problem}), nor a temporary directory "
+                                f"({own})")
+            atexit.register(_remove_private, directory, os.getpid())
+            _private.append(directory)
+            warnings.warn(
+                f"sgdlab: not using the kernel cache {configured} ({problem}); compiling into "
+                f"{directory}, private to this process, instead (slower start: every process "
+                "compiles again). Make the cache a directory only you can write, or set "
+                "SGDLAB_CACHE_DIR to one",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return _private[0]
+
+
+def _remove_private(directory: Path, pid: int) -> None:
+    if os.getpid() == pid:  # a forked child leaves its parent's directory alone
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def compiler() -> str | None:
+    """The C compiler: ``$CC``, else ``cc`` or ``gcc`` on the PATH."""
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def _machine_key() -> str:
@@ -336,57 +489,137 @@ def _machine_key() -> str:
     return flags + sys.platform
 
 
-class NoCompiler(Exception):
-    """There is no working C compiler: the C path is off for this process."""
-
-
-def _writable_cache() -> Path:
-    directory = cache_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if os.access(directory, os.W_OK):
-            return directory
-    except OSError:
-        pass
-    fallback = Path(tempfile.gettempdir()) / f"sgdlab-kernels-{getattr(os, 'getuid', lambda: 0)()}"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
-
-
-def _compile(source: str) -> Path:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+def _compile(source: str) -> tuple[int, Path]:
+    """An open descriptor of the verified library of ``source``, and its path: from the cache,
+    else compiled now."""
+    cc = compiler()
+    if cc is None:
         raise NoCompiler("no C compiler found (install one, or set CC)")
-    key = hashlib.sha256("\0".join([source, compiler, *FLAGS, _machine_key()]).encode())
-    directory = _writable_cache()
-    library = directory / f"step_{key.hexdigest()[:24]}.so"
-    if library.exists():
-        return library
+    key = hashlib.sha256("\0".join([source, cc, *FLAGS, _machine_key()]).encode()).hexdigest()
+    directory = cache_dir()
+    stem = f"step_{key[:24]}"
+    for name in sorted(os.listdir(directory)):  # (Path.glob compiles a pattern: 0.6 ms a call)
+        if name.startswith(stem + "-") and name.endswith(".so"):
+            descriptor = _open_verified(directory / name)
+            if descriptor is not None:
+                return descriptor, directory / name
+    return _build(cc, source, directory, stem)
+
+
+def _build(cc: str, source: str, directory: Path, stem: str) -> tuple[int, Path]:
     # Some compilers (Apple's clang on arm64) reject -march=native: then without it.
     portable = [flag for flag in FLAGS if flag != "-march=native"]
-    with tempfile.TemporaryDirectory(dir=directory) as work:
-        c_file = Path(work) / "step.c"
-        c_file.write_text(source)
-        built = Path(work) / "step.so"
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))  # 0700, unguessable
+    try:
+        (work / "step.c").write_text(source)
         for flags in (FLAGS, portable):
-            try:
-                result = subprocess.run([compiler, *flags, "-o", str(built), str(c_file), "-lm"],
-                                        capture_output=True, text=True)
+            try:  # relative names: the output does not depend on the work directory's name
+                result = subprocess.run([cc, *flags, "-o", "step.so", "step.c", "-lm"],
+                                        cwd=work, capture_output=True, text=True)
             except OSError as error:
-                raise NoCompiler(f"{compiler}: {error}") from error
+                raise NoCompiler(f"{cc}: {error}") from error
             if result.returncode == 0:
                 break
         else:
-            raise NoCompiler(f"{compiler} failed: {result.stderr.strip()[:500]}")
-        os.replace(built, library)  # atomic: concurrent processes may race to the same name
+            raise NoCompiler(f"{cc} failed: {result.stderr.strip()[:500]}")
+        built = work / "step.so"
+        os.chmod(built, LIBRARY_MODE)  # the compiler applied the umask; this is the mode meant
+        descriptor = os.open(built, _OPEN)
+        try:
+            problem = _file_problem(os.fstat(descriptor))
+            if problem is not None:
+                raise OSError(f"the library just compiled is {problem}")
+            library = directory / f"{stem}-{_digest(descriptor)}.so"
+            # Atomic: processes compiling the same program at once each rename a whole file.
+            os.replace(built, library)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        return descriptor, library
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _digest(descriptor: int) -> str:
+    digest = hashlib.sha256()
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    while chunk := os.read(descriptor, 1 << 16):
+        digest.update(chunk)
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def _file_problem(status: os.stat_result) -> str | None:
+    if not stat.S_ISREG(status.st_mode):
+        return "not a regular file"
+    if _POSIX and status.st_uid != _uid():
+        return f"owned by uid {status.st_uid}, not by this user (uid {_uid()})"
+    if _POSIX and status.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by other users (mode {stat.S_IMODE(status.st_mode):o})"
+    if status.st_nlink != 1:
+        return f"one of {status.st_nlink} links to the same file"
+    return None
+
+
+def _check(descriptor: int, path: Path) -> str | None:
+    problem = _file_problem(os.fstat(descriptor))
+    if problem is None and _digest(descriptor) != path.stem.rpartition("-")[2]:
+        problem = "damaged: its bytes do not match the digest recorded when it was compiled"
+    return problem
+
+
+def library_problem(path: Path) -> str | None:
+    """Why the cached library ``path`` would not be loaded (it would be compiled again), or None."""
+    try:
+        descriptor = os.open(path, _OPEN)
+    except OSError as error:
+        return "a symbolic link" if error.errno == errno.ELOOP else str(error.strerror)
+    try:
+        return _check(descriptor, path)
+    finally:
+        os.close(descriptor)
+
+
+def _open_verified(path: Path) -> int | None:
+    """An open descriptor of ``path`` if it passes the checks; else None, and the file is gone."""
+    try:
+        descriptor = os.open(path, _OPEN)
+    except OSError:
+        problem = "cannot be opened"
+    else:
+        problem = _check(descriptor, path)
+        if problem is None:
+            return descriptor
+        os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # (a symbolic link itself, not what it points at)
+    return None
+
+
+def _load(descriptor: int, path: Path) -> ctypes.CDLL:
+    """``ctypes.CDLL`` of the verified file open at ``descriptor``."""
+    name = f"/proc/self/fd/{descriptor}"
+    try:
+        if not os.path.exists(name):  # no /proc: the path, if it still names the same file
+            opened, now = os.fstat(descriptor), os.stat(path)
+            if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+                raise OSError(f"{path} changed while it was being loaded")
+            name = str(path)
+        library = ctypes.CDLL(name)
+        if not hasattr(library, "sgdlab_step"):
+            raise OSError(f"{path} has no sgdlab_step")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    _loaded.append(descriptor)  # open for good: a closed number could name another library
     return library
 
 
 class Kernel:
     """A compiled program: ``run`` updates every row (tensor) of a group in place."""
 
-    def __init__(self, library: Path, dtype: torch.dtype) -> None:
-        self._library = ctypes.CDLL(str(library))
+    def __init__(self, library: ctypes.CDLL, path: Path, dtype: torch.dtype) -> None:
+        self._library = library
+        self.path = path
         self.function = self._library.sgdlab_step
         self.function.restype = None
         real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
@@ -399,10 +632,15 @@ class Kernel:
         ]
 
 
+def enabled() -> bool:
+    """False when ``SGDLAB_NATIVE=0`` turns the C path off."""
+    return os.environ.get("SGDLAB_NATIVE", "1") != "0"
+
+
 def kernel(program: Program, dtype: torch.dtype, n_tensors: int, *,
            quantized: bool = False) -> Kernel | None:
     """The compiled kernel of ``program``, or None where this path is not available."""
-    if _unavailable or os.environ.get("SGDLAB_NATIVE", "1") == "0":
+    if _unavailable or not enabled():
         return None
     key = (dtype, n_tensors, quantized, program.source)  # (a str caches its hash)
     with _lock:
@@ -410,10 +648,13 @@ def kernel(program: Program, dtype: torch.dtype, n_tensors: int, *,
             return _kernels[key]
         try:
             source = c_source(program, dtype, n_tensors, quantized=quantized)
-            found: Kernel | None = Kernel(_compile(source), dtype)
+            descriptor, path = _compile(source)
+            found: Kernel | None = Kernel(_load(descriptor, path), path, dtype)
         except Unsupported:  # this program only: an operation the C printer does not know
             found = None
-        except (NoCompiler, OSError) as error:  # no compiler, or a library that cannot load
+        except (NoCompiler, Untrusted, OSError) as error:
+            # No compiler, nowhere safe to compile, a full disk, a library that cannot load
+            # (a noexec mount): the same for every program, so once for the process.
             _unavailable.append(repr(error))
             warnings.warn(
                 f"sgdlab: the C optimizer step is unavailable ({error}); steps run through "
