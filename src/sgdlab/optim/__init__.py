@@ -3,7 +3,7 @@
 
 from sgdlab.optim.adam import Adam, AdamW
 from sgdlab.optim.base import RuleOptimizer
-from sgdlab.optim.compact import compact_state
+from sgdlab.optim.compact import compact_state, widen_state_dict
 from sgdlab.optim.in_backward import optimizer_in_backward
 from sgdlab.optim.sgd import SGD
 from sgdlab.optim.sam import SAM
@@ -21,4 +21,5 @@ __all__ = [
     "ScheduleFreeSGD",
     "compact_state",
     "optimizer_in_backward",
+    "widen_state_dict",
 ]

@@ -16,18 +16,30 @@ never decrease.
     sgdlab.optim.compact_state(optimizer, torch.uint8)         # every group, 8-bit
     # or per group: sgdlab.AdamW([{"params": ..., "state_dtype": torch.bfloat16}], lr=1e-3)
 
-``state_dict()`` holds the compact tensors in torch.optim's layout (8-bit entries come with a
-``"<key>.absmax"`` entry of block scales); ``load_state_dict`` restores them exactly. The
-rounding noise is seeded by a count of the group's compact steps, kept in the param group
-(``"compact_state_step"``), so a resumed run rounds exactly as an uninterrupted one.
+Checkpoints (what loads where: docs/drop-in.md): ``state_dict()`` holds bfloat16 entries as
+bfloat16 tensors, which torch.optim loads correctly (it casts them to the parameter's float32),
+and each 8-bit entry as one dict, ``{"codes": uint8, "absmax": float32 block scales, "block":
+256}``, which torch.optim refuses at its first step rather than train on codes cast to floats;
+:func:`widen_state_dict` makes any of them a float32 checkpoint for torch.optim. An sgdlab
+optimizer's ``load_state_dict`` restores compact state exactly, reads the layout of older sgdlab
+versions too (codes under the entry's name, scales under ``"<key>.absmax"``), and refuses 8-bit
+entries that do not fit a parameter (ValueError naming it). The rounding noise is seeded by a
+count of the group's compact steps, kept in the param group (``"compact_state_step"``), so a
+resumed run rounds exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import torch
 
-from sgdlab.optim.base import RuleOptimizer, check_min_8bit_size
+from typing import Any
+
+from sgdlab.optim import quantized
+from sgdlab.optim.base import ROUNDING_STEP, RuleOptimizer, check_min_8bit_size
 from sgdlab.optim.execution import COMPACT_DTYPES
+
+# Param-group keys of compact state, which a float32 checkpoint does not have.
+COMPACT_GROUP_KEYS = ("state_dtype", "min_8bit_size", ROUNDING_STEP)
 
 
 def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16, *,
@@ -51,3 +63,21 @@ def compact_state(optimizer: RuleOptimizer, dtype: torch.dtype = torch.bfloat16,
         if min_8bit_size is not None:
             group["min_8bit_size"] = min_8bit_size
     return optimizer
+
+
+def widen_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` of an sgdlab optimizer with compact state as a float32-state optimizer would
+    have saved it: each 8-bit entry decoded, each bfloat16 entry widened to float32, the compact
+    param-group keys dropped. torch.optim's class of the same name loads it and continues from
+    the same state. Returns a new dict sharing the unchanged tensors; ``state_dict`` is not changed.
+
+        torch.save(sgdlab.optim.widen_state_dict(optimizer.state_dict()), "for_torch.pt")
+        torch.optim.AdamW(model.parameters()).load_state_dict(torch.load("for_torch.pt"))
+
+    An sgdlab optimizer with compact state loads the result too (keeping its own state_dtype),
+    re-encoding the state: close to, not bit for bit, the compact run it came from."""
+    state = {key: quantized.widened(value) if isinstance(value, dict) else value
+             for key, value in state_dict["state"].items()}
+    groups = [{key: value for key, value in group.items() if key not in COMPACT_GROUP_KEYS}
+              for group in state_dict["param_groups"]]
+    return {**state_dict, "state": state, "param_groups": groups}

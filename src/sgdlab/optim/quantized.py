@@ -344,3 +344,113 @@ static inline void q8_encode(const float* x, const float* root, int64_t n, uint8
     }
 }
 """
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+# In a state_dict an 8-bit entry is one dict under the entry's own name: {"codes": uint8 codes
+# shaped like the parameter, "absmax": the block scales, "block": BLOCK}. torch.optim casts every
+# tensor of a state_dict it loads to the parameter's dtype: codes stored where torch.optim looks
+# for a moment would become moments of up to 255, and train silently; a dict where it expects a
+# tensor (or None) fails at its first step, in every variant (for-loop, foreach, fused).
+# ``widened`` turns the entries into torch.optim's float32 ones (sgdlab.optim.widen_state_dict).
+CODES, SCALES, BLOCK_KEY = "codes", "absmax", "block"
+
+
+def is_packed(value: object) -> bool:
+    """Whether ``value`` is an 8-bit entry as a state_dict holds it."""
+    return isinstance(value, dict) and CODES in value
+
+
+def pack(state: dict) -> dict:
+    """A parameter's state as its state_dict holds it: each 8-bit entry (codes, and scales
+    under ``key + SUFFIX``) as one dict. Shares the tensors; ``state`` itself is not changed."""
+    if not any(isinstance(key, str) and key.endswith(SUFFIX) for key in state):
+        return state
+    packed = {}
+    for key, value in state.items():
+        if isinstance(key, str) and key.endswith(SUFFIX) and key[:-len(SUFFIX)] in state:
+            continue
+        scales = state.get(key + SUFFIX) if isinstance(key, str) else None
+        packed[key] = value if scales is None else {CODES: value, SCALES: scales,
+                                                    BLOCK_KEY: BLOCK}
+    return packed
+
+
+def unpack(state: dict) -> None:
+    """Undo :func:`pack` in place (torch.optim's load_state_dict has made the codes floats;
+    they are integers 0..255 and come back exactly)."""
+    for key, value in list(state.items()):
+        if is_packed(value):
+            state[key] = value[CODES].to(torch.uint8)
+            state[key + SUFFIX] = value[SCALES]
+
+
+def widened(state: dict) -> dict:
+    """``state`` (live, or as a state_dict holds it, of this or an older sgdlab) with every
+    8-bit entry decoded to float32 and every bfloat16 tensor widened to float32: the state a
+    float32-state optimizer, sgdlab's or torch.optim's, would hold. Other values are shared."""
+    result = {}
+    for key, value in state.items():
+        if isinstance(key, str) and key.endswith(SUFFIX) and key[:-len(SUFFIX)] in state:
+            continue
+        scales = state.get(key + SUFFIX) if isinstance(key, str) else None
+        if is_packed(value):
+            value, scales = value[CODES], value[SCALES]
+        if scales is not None:
+            codes = value.reshape(-1).to(torch.uint8)
+            value = decode(codes, scales.to(torch.float32)).view(value.shape)
+        elif isinstance(value, Tensor) and value.dtype == torch.bfloat16:
+            value = value.float()
+        result[key] = value
+    return result
+
+
+def mismatch(param: Tensor, state: dict) -> str | None:
+    """What is wrong with the 8-bit entries of a saved ``state`` for ``param``, or None.
+
+    Both layouts are read: :func:`pack`'s, and older sgdlab's (codes under the entry's name,
+    scales under ``key + SUFFIX``)."""
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        if is_packed(value):
+            codes, scales, block = value.get(CODES), value.get(SCALES), value.get(BLOCK_KEY, BLOCK)
+            scales_name = repr(SCALES)
+        elif key.endswith(SUFFIX):
+            if key[:-len(SUFFIX)] not in state:
+                return f"block scales {key!r} without the codes {key[:-len(SUFFIX)]!r}"
+            continue
+        elif isinstance(value, Tensor) and value.dtype == torch.uint8 and key != "step":
+            codes, scales, block = value, state.get(key + SUFFIX), BLOCK
+            scales_name = repr(key + SUFFIX)
+        elif isinstance(value, Tensor) and key + SUFFIX in state:
+            codes, scales, block = value, state[key + SUFFIX], BLOCK
+            scales_name = repr(key + SUFFIX)
+        else:
+            continue
+        entry = f"8-bit state entry {key!r}"
+        if not isinstance(codes, Tensor):
+            return f"{entry} has no codes"
+        if not isinstance(scales, Tensor):
+            return f"{entry} has no block scales ({scales_name} is missing)"
+        if block != BLOCK:
+            return (f"{entry} has blocks of {block} elements (this sgdlab reads blocks of "
+                    f"{BLOCK})")
+        if codes.shape != param.shape:
+            return (f"{entry} has codes of shape {list(codes.shape)}, expected the parameter's "
+                    f"{list(param.shape)}")
+        blocks = -(-param.numel() // BLOCK)
+        if scales.numel() != blocks:
+            return (f"{entry} has {scales.numel()} block scales, expected {blocks} (one per "
+                    f"{BLOCK} elements)")
+    return None
+
+
+def widen_in_place(states: list[dict]) -> None:
+    """Decode the 8-bit entries of live ``states`` to float32 in place (for a path that runs
+    on float state: a group whose state_dtype was changed after 8-bit steps)."""
+    for state in states:
+        if any(isinstance(key, str) and key.endswith(SUFFIX) for key in state):
+            wide = widened(state)
+            state.clear()
+            state.update(wide)
