@@ -214,6 +214,20 @@ def test_a_directory_above_the_cache_that_others_can_write_disqualifies_it(fresh
     assert native.directory_problem(fresh_native) is None
 
 
+@pytest.mark.parametrize("private_group", [True, False], ids=["own-group", "shared-group"])
+def test_group_write_is_allowed_only_for_the_users_own_group(fresh_native, monkeypatch,
+                                                             private_group):
+    # User private groups (umask 002 on Fedora/RHEL): a group of one grants no one else anything.
+    fresh_native.mkdir(parents=True, mode=0o700)
+    os.chmod(fresh_native, 0o770)
+    monkeypatch.setattr(native, "_private_group", lambda gid: private_group)
+    problem = native.directory_problem(fresh_native)
+    if private_group:
+        assert problem is None
+    else:
+        assert "written by other users (mode 770)" in problem
+
+
 def test_a_missing_cache_is_created_owner_only_and_is_the_one_used(fresh_native):
     assert native.cache_dir() == fresh_native
     for directory in (fresh_native, fresh_native.parent):
