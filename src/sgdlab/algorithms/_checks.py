@@ -48,6 +48,10 @@ def in_unit_interval(name: str, value: Any, what: str) -> None:
         )
 
 
+def is_tensor(value: Any) -> bool:
+    return getattr(value, "numel", None) is not None
+
+
 def tensor_needs_capturable(name: str, value: Any, foreach: Any, capturable: Any) -> None:
     """torch.optim's for-each kernels take a tensor hyperparameter only when capturable."""
     if foreach and not capturable and is_tensor(value):
@@ -64,7 +68,3 @@ def _show(value: Any) -> str:
 def _plain(value: Any) -> str:
     item = getattr(value, "item", None)
     return repr(item()) if item is not None else repr(value)
-
-
-def is_tensor(value: Any) -> bool:
-    return getattr(value, "numel", None) is not None
