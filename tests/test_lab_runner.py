@@ -3,12 +3,15 @@
 import functools
 import json
 import math
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 from sgdlab.lab.report import build_report, write_report
-from sgdlab.lab.runner import Budget, run_race, train_run
+from sgdlab.lab.runner import Budget, LabWarning, run_race, train_run
 from sgdlab.lab.specs import OptimizerSpec, parse_spec
 from sgdlab.lab.stats import difference_ci, mean_ci
 from sgdlab.lab.tasks import Task
@@ -119,6 +122,70 @@ def test_rerunning_a_race_with_the_same_out_skips_finished_runs(tmp_path):
     second = run_race(task, specs, seeds=2, workers=1, out=tmp_path, progress=False)
     assert (tmp_path / "runs.jsonl").read_text().splitlines() == lines  # nothing new was trained or logged
     assert [_numbers(r.records) for r in second.runs] == [_numbers(r.records) for r in first.runs]
+
+
+def test_a_log_line_torn_by_a_power_cut_is_set_aside_and_the_next_records_stay_readable(tmp_path):
+    task, specs = tiny_task(epochs=2), [parse_spec("sgd")]
+    first = run_race(task, specs, seeds=1, workers=1, out=tmp_path, progress=False)
+    log = tmp_path / "runs.jsonl"
+    lines = log.read_text().splitlines()
+    torn = lines[-1][: len(lines[-1]) // 2]
+    log.write_text("\n".join(lines[:-1]) + "\n" + torn)  # the last record cut mid-write, no newline
+
+    with pytest.warns(LabWarning, match=rf"runs.jsonl: line {len(lines)} is not a whole record"):
+        second = run_race(task, [*specs, parse_spec("gd")], seeds=1, workers=1, out=tmp_path, progress=False)
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line parses
+    assert sorted(map(json.dumps, records)) == sorted(map(json.dumps, second.records()))  # none lost, none twice
+    assert _numbers(second.runs[0].records) == _numbers(first.runs[0].records)
+    aside = list(tmp_path.glob("runs.jsonl.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_text() == torn + "\n"
+
+
+def test_a_truncated_checkpoint_is_set_aside_by_name_and_its_run_starts_over(tmp_path):
+    task, spec = tiny_task(epochs=3), parse_spec("sgd")
+    reference = train_run(task, spec, seed=0)
+    checkpoint = tmp_path / "run.pt"
+    train_run(task, spec, seed=0, checkpoint=checkpoint)
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 3])  # as a power cut could leave it
+
+    with pytest.warns(LabWarning, match=rf"checkpoint {re.escape(str(checkpoint))} cannot be read.*starts over"):
+        again = train_run(task, spec, seed=0, checkpoint=checkpoint)
+
+    assert again.status == "finished" and _numbers(again.records) == _numbers(reference.records)
+    aside = list(tmp_path.glob("run.pt.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == data[: len(data) // 3]
+    assert train_run(task, spec, seed=0, checkpoint=checkpoint).status == "finished"  # the new one reads
+
+
+def test_a_race_with_a_damaged_checkpoint_reruns_that_run_instead_of_failing_it(tmp_path):
+    task, specs = tiny_task(epochs=2), [parse_spec("sgd"), parse_spec("gd")]
+    first = run_race(task, specs, seeds=1, workers=1, out=tmp_path, progress=False)
+    damaged = sorted((tmp_path / "checkpoints").glob("*.pt"))[0]
+    damaged.write_bytes(b"")
+
+    with pytest.warns(LabWarning, match=re.escape(damaged.name)):
+        second = run_race(task, specs, seeds=1, workers=1, out=tmp_path, progress=False)
+
+    assert [r.status for r in second.runs] == ["finished", "finished"]
+    assert [_numbers(r.records) for r in second.runs] == [_numbers(r.records) for r in first.runs]
+
+
+def test_checkpoints_are_replaced_whole(tmp_path, monkeypatch):
+    # A kill during a save must leave the previous checkpoint: the new one is written aside, then renamed.
+    task, spec = tiny_task(epochs=3), parse_spec("sgd")
+    checkpoint = tmp_path / "run.pt"
+    saves = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        saves.append((Path(source).name, Path(target).name, Path(source).stat().st_size > 0))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    train_run(task, spec, seed=0, checkpoint=checkpoint)
+    assert saves and all(s == ("run.pt.tmp", "run.pt", True) for s in saves)
 
 
 @pytest.mark.slow  # two spawned worker processes import torch: a few seconds

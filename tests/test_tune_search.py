@@ -190,3 +190,112 @@ def test_the_search_starts_from_the_default_configuration_when_it_is_in_the_spac
     sgd = search(_setup(digits, tmp_path / "sgd", n_trials=1), progress=False)
     assert sgd.study.user_attrs["default_enqueued"] is False
     assert not sgd.study.trials[0].user_attrs.get("sgdlab_default_configuration")
+
+
+# --- concurrent searches and killed parents ---------------------------------------------------------
+
+
+def _register(study, host, pid, joined, start=None):
+    study.set_user_attr(f"worker:{host}:{pid}", {"joined": joined, "worker": 0, "start": start})
+
+
+def test_a_worker_alone_on_the_study_seeds_its_sampler_from_the_search_seed(digits, tmp_path):
+    from sgdlab.lab.tune.search import _owner, _process_start, create_or_load_study, sampler_seed
+
+    setup = _setup(digits, tmp_path, seed=7)
+    study = create_or_load_study(setup, open_storage(None, tmp_path))
+    me = _owner()
+    _register(study, me["host"], me["pid"], time.time(), me["start"])
+    assert sampler_seed(setup, study, 0, 3, me) == 7 + 3
+    # A worker of an earlier, finished search on this machine (its process is gone) changes nothing.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _register(study, me["host"], int(finished.stdout), time.time() - 60, "1")
+    assert sampler_seed(setup, study, 0, 3, me) == 7 + 3
+    # A live worker that joined after this one changes nothing either: it is the one that moves.
+    parent = os.getppid()
+    _register(study, me["host"], parent, time.time() + 60, _process_start(parent))
+    assert sampler_seed(setup, study, 0, 3, me) == 7 + 3
+
+
+def test_a_worker_joining_a_live_search_draws_its_own_sampler_seed(digits, tmp_path):
+    from sgdlab.lab.tune.search import _owner, _process_start, create_or_load_study, sampler_seed
+
+    setup = _setup(digits, tmp_path, seed=7)
+    study = create_or_load_study(setup, open_storage(None, tmp_path))
+    me = _owner()
+    parent = os.getppid()  # stands for the other search's worker: alive, on this machine, earlier
+    _register(study, me["host"], parent, time.time() - 5, _process_start(parent))
+    _register(study, me["host"], me["pid"], time.time(), me["start"])
+    seeds = {sampler_seed(setup, study, 0, 3, me) for _ in range(3)}
+    assert 7 + 3 not in seeds and len(seeds) == 3
+    assert all(0 <= seed < 2**32 for seed in seeds)
+
+
+@pytest.mark.slow
+def test_two_searches_on_one_storage_do_not_try_the_same_configurations(tmp_path):
+    storage = tmp_path / "shared.journal"
+    args = ["tune", "search", "--task", "logistic", "--opt", "sgd", "--trials", "12", "--epochs", "1",
+            "--pruner", "none", "--storage", str(storage), "--study-name", "shared", "--no-progress", "--no-report"]
+    processes = [subprocess.Popen([sys.executable, "-c", f"from sgdlab.cli import main; main({args + ['--out', str(tmp_path / name)]!r})"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for name in ("a", "b")]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err.decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=open_storage(str(storage), tmp_path))
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials
+             if t.state == TrialState.COMPLETE and not t.user_attrs.get("sgdlab_default_configuration")]
+    assert len(drawn) >= 8
+    assert len(set(drawn)) == len(drawn)  # no configuration tried twice
+
+
+def _children(pid):
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def _command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def _running(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has stopped
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_workers_of_a_search_killed_with_sigkill_stop_instead_of_spending_the_budget(tmp_path):
+    args = ["tune", "search", "--task", "logistic", "--opt", "sgd", "--trials", "10000", "--epochs", "5",
+            "--workers", "2", "--out", str(tmp_path), "--no-progress", "--no-report"]
+    process = subprocess.Popen([sys.executable, "-c", f"from sgdlab.cli import main; main({args!r})"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(workers) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            workers = [pid for pid in _children(process.pid) if b"spawn_main" in _command_line(pid)]
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert len(workers) == 2, "the search did not start its two workers"
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)

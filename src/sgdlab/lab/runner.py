@@ -28,6 +28,11 @@ Epoch 0 is the untrained model. Reusing it from Python, e.g. for a tuner that pr
 Same seed, same spec, same task and budget give the same numbers (the model is initialized and the
 data shuffled from the seed; workers run single-threaded). A time budget is the exception: where it
 stops depends on the machine.
+
+Damage from a kill or a power cut is repaired on the next run, with a :class:`LabWarning` naming
+the file: a checkpoint that cannot be read is renamed ``<name>.damaged-<time>`` and its run starts
+over; a last line of ``runs.jsonl`` cut short is skipped (its record is still in the checkpoint and
+is logged again) and the next record starts on a new line.
 """
 
 from __future__ import annotations
@@ -51,6 +56,28 @@ from sgdlab.lab.tasks import Task
 
 FINISHED, DIVERGED, FAILED = "finished", "diverged", "failed"
 _EVAL_CHUNK = 4096
+
+
+class LabWarning(UserWarning):
+    """Something the lab repaired or worked around on its own (a damaged file set aside, a torn log
+    line skipped): worth one line to the user, not a failure."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, LabWarning, stacklevel=3)
+
+
+def one_line_lab_warnings(prefix: str = "sgdlab") -> None:
+    """Show :class:`LabWarning` as one line ``PREFIX: warning: MESSAGE`` (other warnings unchanged)."""
+    default = getattr(warnings.formatwarning, "default", warnings.formatwarning)
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, LabWarning):
+            return f"{prefix}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    format_warning.default = default  # type: ignore[attr-defined]
+    warnings.formatwarning = format_warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,24 +211,34 @@ def train_run(
     rid = run_id(task, spec, seed, budget, batch)
     path = Path(checkpoint) if checkpoint is not None else None
 
-    torch.manual_seed(seed)
-    model = task.model()
-    optimizer = spec.build(model.parameters(), task)
-    shuffle = torch.Generator().manual_seed(seed)
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Generator]:
+        torch.manual_seed(seed)
+        model = task.model()
+        return model, spec.build(model.parameters(), task), torch.Generator().manual_seed(seed)
+
+    model, optimizer, shuffle = fresh()
     epoch, step, examples, seconds = 0, 0, 0, 0.0
     records: list[dict[str, Any]] = []
     status = None
 
     if path is not None and path.exists():
-        saved = torch.load(path, weights_only=False)
-        records = saved["records"]
-        status = saved["status"]
-        if status is not None:
-            return RunResult(rid, spec.label, seed, status, records, saved.get("error"))
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        shuffle.set_state(saved["shuffle"])
-        epoch, step, examples, seconds = saved["epoch"], saved["step"], saved["examples"], saved["seconds"]
+        try:
+            saved = torch.load(path, weights_only=False)
+            records = saved["records"]
+            status = saved["status"]
+            if status is not None:
+                return RunResult(rid, spec.label, seed, status, records, saved.get("error"))
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            shuffle.set_state(saved["shuffle"])
+            epoch, step, examples, seconds = saved["epoch"], saved["step"], saved["examples"], saved["seconds"]
+        except Exception as error:  # cut short (power cut, full disk), or not this run's state
+            aside = set_aside(path)
+            _warn(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); moved to {aside.name}, "
+                  "the run starts over")
+            model, optimizer, shuffle = fresh()  # a failed load may have changed them halfway
+            epoch, step, examples, seconds = 0, 0, 0, 0.0
+            records, status = [], None
 
     def save() -> None:
         if path is None:
@@ -213,7 +250,10 @@ def train_run(
             "epoch": epoch, "step": step, "examples": examples, "seconds": seconds,
         }
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename, so a power cut cannot leave it empty
         os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint or the new one
 
     def record(diverged: bool, partial_epoch: float | None = None) -> dict[str, Any]:
@@ -288,6 +328,17 @@ def train_run(
     return RunResult(rid, spec.label, seed, status, records)
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file to ``<name>.damaged-<time>`` (kept for inspection, out of the way)."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    os.replace(path, aside)
+    return aside
+
+
 # --- races -----------------------------------------------------------------------------------------
 
 
@@ -320,23 +371,29 @@ def default_out(task_name: str) -> Path:
 _WORKER: dict[str, Any] = {}
 
 
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """End this (worker) process as soon as ``parent`` is no longer its parent. A worker whose parent
+    was killed (kill -9, a closed terminal) must not keep training: a rerun would find two processes
+    writing the same checkpoint, or a search would spend its trial budget with nobody waiting."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sgdlab-parent-watch").start()
+
+
 def _init_worker(task: Task, queue: Any, parent: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     torch.set_num_threads(1)  # several processes share the cores: one thread each
+    one_line_lab_warnings()
     _WORKER["task"], _WORKER["queue"] = task, queue
-    # A worker whose race was killed (kill -9, a closed terminal) must not keep training: a rerun
-    # would find two processes writing the same checkpoint.
-    import threading
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="sgdlab-parent-watch").start()
+    watch_parent(parent)
 
 
 def _worker_job(spec: OptimizerSpec, seed: int, budget: Budget, batch_size: int | None, checkpoint: str) -> RunResult:
@@ -359,17 +416,52 @@ def _guarded_run(task, spec, seed, budget, batch_size, checkpoint, on_eval, on_p
 
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.exists():
-        with open(path) as handle:
-            for line in handle:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass  # a line cut by a kill
+    """The records of a ``runs.jsonl``. Lines that are not whole records (cut short by a kill or a
+    power cut) are moved to ``runs.jsonl.damaged-<time>`` with a warning naming them; their records
+    are still in the runs' checkpoints, from which the race logs them again."""
+    if not path.exists():
+        return []
+    rows, good, bad = [], [], []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                _record_key(record)
+            except (ValueError, TypeError, KeyError):  # UnicodeDecodeError is a ValueError too
+                bad.append((number, raw))
+                continue
+            rows.append(record)
+            good.append(raw if raw.endswith(b"\n") else raw + b"\n")
+    if bad:
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        with open(aside, "ab") as handle:
+            handle.writelines(raw if raw.endswith(b"\n") else raw + b"\n" for _, raw in bad)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.writelines(good)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        lines = ", ".join(str(number) for number, _ in bad)
+        _warn(f"{path}: line{'s' if len(bad) > 1 else ''} {lines} {'are' if len(bad) > 1 else 'is'} not a whole "
+              f"record (cut short by a kill or a power cut?); moved to {aside.name}, the records are "
+              "logged again from the checkpoints")
     return rows
+
+
+def _open_log(path: Path) -> Any:
+    """``path`` opened for appending, so that the next record starts on a line of its own even when
+    the last one was cut short."""
+    handle = open(path, "a")
+    if handle.tell() > 0:
+        with open(path, "rb") as raw:
+            raw.seek(-1, os.SEEK_END)
+            if raw.read(1) != b"\n":
+                handle.write("\n")
+    return handle
 
 
 def _record_key(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -436,7 +528,7 @@ def run_race(
     if out_dir is not None:
         _write_race_json(out_dir, task, specs, seeds, budget, batch_size)
 
-    log_handle = open(log_path, "a") if log_path is not None else None
+    log_handle = _open_log(log_path) if log_path is not None else None
 
     def log(record: dict[str, Any]) -> None:
         key = _record_key(record)
@@ -473,7 +565,7 @@ def run_race(
 
     runs = [results[(spec.label, seed)] for spec, seed in jobs]
     if log_path is not None:  # records saved in checkpoints but cut from the log by a kill
-        with open(log_path, "a") as handle:
+        with _open_log(log_path) as handle:
             for run in runs:
                 for record in run.records:
                     if _record_key(record) not in logged:

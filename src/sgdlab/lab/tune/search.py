@@ -17,7 +17,11 @@ From Python::
     spec, batch_size, trial = result.best()
 
 Sampling is TPE (Bergstra et al., 2011; ``constant_liar`` so parallel workers do not propose the
-same point), pruning is the median rule (or Hyperband, or none). A trial that diverges returns the
+same point), pruning is the median rule (or Hyperband, or none). A worker that is alone on the study
+seeds its sampler from the search's seed, so a one-worker search repeats itself; a worker that finds
+another live worker already on the study (a second command on the same storage, or a sibling
+process) mixes a unique id into its seed, so concurrent workers do not draw the same
+configurations. A trial that diverges returns the
 untrained model's metric: it is recorded as a real, bad outcome the sampler learns from, not as a
 failure it would ignore.
 
@@ -42,7 +46,7 @@ from typing import Any, Callable
 
 import torch
 
-from sgdlab.lab.runner import DIVERGED, train_run
+from sgdlab.lab.runner import DIVERGED, one_line_lab_warnings, train_run, watch_parent
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.tasks import Task
 from sgdlab.lab.tune.space import SearchSpace
@@ -251,7 +255,7 @@ def create_or_load_study(setup: SearchSetup, storage: Any, *, worker: int = 0) -
         pass
     identity = setup.identity()
     n_before = len(existing.trials) if existing is not None else 0
-    sampler = make_sampler(setup.seed + 1009 * worker + n_before)
+    sampler = make_sampler(base_sampler_seed(setup, worker, n_before))
     pruner = make_pruner(setup.pruner, setup.trial_epochs)
     if existing is not None:
         saved = existing.user_attrs.get("sgdlab")
@@ -277,7 +281,7 @@ def create_or_load_study(setup: SearchSetup, storage: Any, *, worker: int = 0) -
         if params is not None:
             # The search starts from what the user would run without tuning: its validation score is
             # the bar every other trial has to clear, and the sampler learns from it first.
-            study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL: True})
+            study.enqueue_trial(params, user_attrs={DEFAULT_TRIAL: True}, skip_if_exists=True)
         study.set_user_attr("default_enqueued", params is not None)
     return study
 
@@ -317,6 +321,35 @@ def default_params(setup: SearchSetup) -> dict[str, Any] | None:
             return None
         params[dim.optuna_name] = 1.0 - value if dim.optuna_name != name else value
     return params
+
+
+def base_sampler_seed(setup: SearchSetup, worker: int, n_before: int) -> int:
+    """The sampler seed of a worker alone on the study: from the search's seed, the local worker's
+    index and the trials already there (a resumed study does not replay its first draws)."""
+    return (setup.seed + 1009 * worker + n_before) % 2**32
+
+
+def sampler_seed(setup: SearchSetup, study: Any, worker: int, n_before: int, me: dict[str, Any]) -> int:
+    """The sampler seed of worker ``me`` (registered on ``study``): :func:`base_sampler_seed` when no
+    other live worker joined the study before it, else that seed mixed with this process's identity
+    and the time, so two searches on one storage (started with the same --seed) draw different
+    configurations instead of the same ones."""
+    import hashlib
+
+    base = base_sampler_seed(setup, worker, n_before)
+    key = f"worker:{me['host']}:{me['pid']}"
+    mine = study.user_attrs.get(key, {})
+    for name, info in study.user_attrs.items():
+        if not name.startswith("worker:") or name == key or not isinstance(info, dict):
+            continue
+        host, _, pid = name[len("worker:"):].rpartition(":")
+        other = {"host": host, "pid": pid, "start": info.get("start")}
+        live = host != me["host"] or _alive(other)  # on another machine: assume it still runs
+        earlier = (info.get("joined", 0), name) < (mine.get("joined", 0), key)
+        if live and earlier:
+            text = f"{base}:{me['host']}:{me['pid']}:{me.get('start')}:{time.time_ns()}"
+            return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    return base
 
 
 # --- workers, stale trials and the trial budget ------------------------------------------------
@@ -461,8 +494,11 @@ def run_worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(setup.storage, setup.out)
     study = create_or_load_study(setup, storage, worker=worker)
+    n_before = len(study.get_trials(deepcopy=False))
     owner = _owner()
-    study.set_user_attr(f"worker:{owner['host']}:{owner['pid']}", {"joined": time.time(), "worker": worker})
+    study.set_user_attr(f"worker:{owner['host']}:{owner['pid']}",
+                        {"joined": time.time(), "worker": worker, "start": owner["start"]})
+    study.sampler = make_sampler(sampler_seed(setup, study, worker, n_before, owner))
     space = setup.space()
     val_task = validation_task(setup.task, setup.val_fraction, setup.seed)
     if start is not None:
@@ -482,7 +518,9 @@ def run_worker(
     )
 
 
-def _worker_process(setup: SearchSetup, worker: int, start: Any) -> None:
+def _worker_process(setup: SearchSetup, worker: int, start: Any, parent: int) -> None:
+    watch_parent(parent)  # a search killed with SIGKILL must not leave its workers spending the budget
+    one_line_lab_warnings()
     torch.set_num_threads(1)  # N workers share the cores: one thread each
     run_worker(setup, worker, start=start)
 
@@ -540,7 +578,8 @@ def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> 
     context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
     start = context.Barrier(workers)
     processes = [
-        context.Process(target=_worker_process, args=(setup, i, start), daemon=False) for i in range(workers)
+        context.Process(target=_worker_process, args=(setup, i, start, os.getpid()), daemon=False)
+        for i in range(workers)
     ]
     for process in processes:
         process.start()
