@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from sgdlab.lab.runner import one_line_lab_warnings
+
+    one_line_lab_warnings(f"sgdlab {args.command}")
     try:
         return int(args.func(args) or 0)
     except Exception as error:
