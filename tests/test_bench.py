@@ -122,3 +122,65 @@ def test_ratio_quartiles_are_the_middle_half_of_the_rounds():
 
     assert quartiles([5.0, 1.0, 3.0, 2.0, 4.0]) == (2.0, 4.0)
     assert quartiles([1.1]) == (1.1, 1.1)
+
+
+def test_ratios_that_scatter_between_rounds_are_noisy_and_steady_ones_are_not():
+    from sgdlab.bench.step import NOISE_LIMIT, relative_spread, too_noisy
+
+    steady = [0.98, 1.0, 1.02, 0.99, 1.01, 1.0, 0.97]
+    assert relative_spread(steady) < 0.05 and not too_noisy(steady)
+    busy = [0.004, 1.0, 0.6]  # one round ran next to a burst of other work
+    assert relative_spread(busy) > NOISE_LIMIT and too_noisy(busy)
+    assert not too_noisy([0.004, 1.0])  # two rounds cannot tell noise from a difference
+
+
+def _result_with(rows):
+    from sgdlab.bench.step import BenchResult, CaseInfo
+
+    return BenchResult(machine={"cpu": "test cpu", "torch": "x", "threads": 1},
+                       settings={"rounds": 3, "noise_limit": 0.5}, cases=[CaseInfo("8x16k", "tiny", 8, 131072, 1.0)],
+                       rows=rows)
+
+
+def _row(contender, ratio, quartiles, noisy):
+    from sgdlab.bench.step import Row
+
+    return Row(case="8x16k", optimizer="adam", contender=contender, ms_per_step=1.0, first_step_s=0.1,
+               gb_per_s=1.0, roofline_pct=50.0, state_bytes_per_param=8.0, ratio_to_torch_fused=ratio,
+               ratio_quartiles=quartiles, noisy=noisy)
+
+
+def test_a_noisy_ratio_is_shown_as_noisy_with_its_spread_and_explained_once():
+    from rich.console import Console
+
+    from sgdlab.bench.step import markdown, render
+
+    result = _result_with([_row("sgdlab", 0.004, (0.002, 0.8), True), _row("torch foreach", 1.02, (1.0, 1.04), False),
+                           _row("torch fused", 1.0, (1.0, 1.0), False)])
+    table = markdown(result)
+    assert "| noisy (IQR 0.00-0.80) |" in table and "0.004x" not in table
+    assert "1.020x (1.00-1.04)" in table
+    assert table.count("noisy: 1 of 2 ratios are not shown") == 1
+    console = Console(record=True, width=200)
+    render(result, console)
+    text = console.export_text()
+    assert "noisy (IQR 0.00-0.80)" in text and "0.004x" not in text and "noisy: 1 of 2 ratios" in text
+    assert json.loads(result.to_json())["rows"][0]["noisy"] is True
+
+
+def test_a_steady_run_prints_ratios_and_no_noise_note():
+    from sgdlab.bench.step import markdown
+
+    result = _result_with([_row("sgdlab", 0.97, (0.95, 0.99), False), _row("torch fused", 1.0, (1.0, 1.0), False)])
+    assert "0.970x (0.95-0.99)" in markdown(result) and "noisy" not in markdown(result)
+
+
+def test_each_row_is_marked_noisy_from_its_own_paired_ratios(monkeypatch):
+    from sgdlab.bench import step
+
+    monkeypatch.setattr(step, "NOISE_LIMIT", 0.0)  # any spread at all counts: noisy rows are certain
+    result = bench.run(["8x16k"], ["sgd-momentum"], ["sgdlab", "torch fused"], device="cpu", quick=True, rounds=3)
+    rows = result.rows_for("8x16k", "sgd-momentum")
+    ratios = [a / b for a, b in zip(rows["sgdlab"].samples_ms, rows["torch fused"].samples_ms)]
+    assert rows["sgdlab"].noisy == (step.relative_spread(ratios) > 0.0)
+    assert not rows["torch fused"].noisy  # the reference itself has no ratio to doubt

@@ -20,6 +20,11 @@ rounds. The ratio to torch fused is paired: each round's time over torch fused's
 round, then the median of those ratios, with their middle half (quartiles) as its spread, since
 the memory's speed drifts between rounds more than it does within one. The first step (which
 includes compiling, for sgdlab's compiled path) is reported apart.
+
+A busy machine makes the per-round ratios scatter. When their middle half spans more than
+:data:`NOISE_LIMIT` of their median (and there are at least three rounds to tell), the row is marked
+``noisy`` and shown as "noisy (IQR a-b)" instead of a ratio: such a number says more about the
+other processes than about the optimizers.
 """
 
 from __future__ import annotations
@@ -63,6 +68,14 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], int]] = {
     "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.01}, 7),
 }
 
+# The widest spread of the per-round ratios, (third quartile - first quartile) / median, at which a
+# ratio is still shown: beyond it, the middle half of the rounds cannot tell 1x from 1.5x. On a shared
+# 2-core machine at load average 10-13, full-size runs (8x4M, 7 rounds) spread 0.05-0.52 (median
+# 0.19, 1 ratio in 20 above 0.5), --quick runs (3 rounds of tiny steps) 0.01 to over 1000 (median
+# 0.6-8.7 per run, 60-85% of the ratios above 0.5).
+NOISE_LIMIT = 0.5
+MIN_ROUNDS_FOR_NOISE = 3
+
 CONTENDERS = (
     "sgdlab",
     "sgdlab bf16 state",
@@ -87,6 +100,8 @@ class Row:
     # the quartiles of those per-round ratios.
     ratio_to_torch_fused: float | None = None
     ratio_quartiles: tuple[float, float] | None = None
+    # True when the per-round ratios scatter too much to trust their median (see NOISE_LIMIT).
+    noisy: bool = False
     copy_gb_per_s: float = 0.0  # median of the case's copies so far
     update_gb_per_s: float = 0.0  # median of the case's in-place updates (a += b) so far
     roofline_gb_per_s: float = 0.0  # the better of the two
@@ -296,6 +311,7 @@ def run(
             for contender in contenders:
                 seconds = statistics.median(samples[contender])
                 ratios = [a / b for a, b in zip(samples[contender], fused)] if fused else None
+                noisy = bool(ratios) and contender != "torch fused" and too_noisy(ratios)
                 moved = ideal_bytes(optimizer, contender, params)
                 roofline = moved / (bandwidth * 1e9)
                 rows.append(Row(
@@ -309,13 +325,14 @@ def run(
                     state_bytes_per_param=state_bytes(instances[contender]) / numel,
                     ratio_to_torch_fused=statistics.median(ratios) if ratios else None,
                     ratio_quartiles=quartiles(ratios) if ratios else None,
+                    noisy=noisy,
                     copy_gb_per_s=copy_gb,
                     update_gb_per_s=update_gb,
                     roofline_gb_per_s=bandwidth,
                     samples_ms=[s * 1e3 for s in samples[contender]],
                 ))
                 say(f"  {optimizer:16s} {contender:18s} {seconds * 1e3:9.2f} ms/step"
-                    + (f"  x{statistics.median(ratios):.3f} of torch fused" if ratios else ""))
+                    + (f"  {_ratio_text(rows[-1])} of torch fused" if ratios else ""))
             del instances
         copy_gb = statistics.median(copy_samples)
         update_gb = statistics.median(update_samples) if update_samples else 0.0
@@ -323,7 +340,7 @@ def run(
                               max(copy_gb, update_gb)))
         say(f"{case}: copy {copy_gb:.1f} GB/s, in-place update {update_gb:.1f} GB/s (medians "
             f"of {len(copy_samples)} and {len(update_samples)})")
-    settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick,
+    settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick, "noise_limit": NOISE_LIMIT,
                 "contenders": contenders, "optimizers": {k: OPTIMIZERS[k][:2] for k in optimizers}}
     return BenchResult(machine_info(device), settings, infos, rows)
 
@@ -336,9 +353,36 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return (low, high)
 
 
+def relative_spread(values: list[float]) -> float:
+    """(third quartile - first quartile) / median: how widely the middle half scatters."""
+    low, high = quartiles(values)
+    middle = statistics.median(values)
+    return (high - low) / middle if middle > 0 else float("inf")
+
+
+def too_noisy(ratios: list[float]) -> bool:
+    """Whether per-round ratios scatter too much to trust their median (needs a few rounds to tell)."""
+    return len(ratios) >= MIN_ROUNDS_FOR_NOISE and relative_spread(ratios) > NOISE_LIMIT
+
+
+def noise_note(result: BenchResult) -> str | None:
+    """One line explaining the rows marked noisy, or None when there are none."""
+    noisy = [row for row in result.rows if row.noisy]
+    if not noisy:
+        return None
+    compared = sum(1 for row in result.rows if row.ratio_to_torch_fused is not None and row.contender != "torch fused")
+    limit = result.settings.get("noise_limit", NOISE_LIMIT)
+    return (f"noisy: {len(noisy)} of {compared} ratios are not shown: their per-round values' middle half "
+            f"(IQR) spans more than {limit:.0%} of the median, so the machine was too busy to compare; "
+            "rerun on a quieter machine or with more --rounds")
+
+
 def _ratio_text(row: Row) -> str:
     if row.ratio_to_torch_fused is None:
         return ""
+    if row.noisy and row.ratio_quartiles is not None:
+        low, high = row.ratio_quartiles
+        return f"noisy (IQR {low:.2f}-{high:.2f})"
     text = f"{row.ratio_to_torch_fused:.3f}x"
     if row.ratio_quartiles is not None and row.contender != "torch fused":
         low, high = row.ratio_quartiles
@@ -365,7 +409,9 @@ def render(result: BenchResult, console: Any = None) -> None:
         for row in (r for r in result.rows if r.case == info.case):
             ratio = row.ratio_to_torch_fused
             ratio_text = _ratio_text(row)
-            if ratio is not None and row.contender.startswith("sgdlab"):
+            if row.noisy:
+                ratio_text = f"[yellow]{ratio_text}[/]"
+            elif ratio is not None and row.contender.startswith("sgdlab"):
                 good = ratio <= 1.05 if row.contender == "sgdlab" else ratio < 1.0
                 ratio_text = f"[{'green' if good else 'red'}]{ratio_text}[/]"
             table.add_row(row.optimizer, row.contender, f"{row.ms_per_step:.2f}",
@@ -373,6 +419,9 @@ def render(result: BenchResult, console: Any = None) -> None:
                           f"{row.state_bytes_per_param:.2f}", ratio_text,
                           f"{row.first_step_s:.2f}")
         console.print(table)
+    note = noise_note(result)
+    if note is not None:
+        console.print(f"[yellow]{note}[/]", highlight=False)
 
 
 def markdown(result: BenchResult) -> str:
@@ -384,4 +433,7 @@ def markdown(result: BenchResult) -> str:
         lines.append(f"| {row.case} | {row.optimizer} | {row.contender} | {row.ms_per_step:.1f} "
                      f"| {row.gb_per_s:.1f} | {row.roofline_pct:.0f}% "
                      f"| {row.state_bytes_per_param:.2f} | {ratio} |")
+    note = noise_note(result)
+    if note is not None:
+        lines += ["", note]
     return "\n".join(lines)
