@@ -216,8 +216,8 @@ def run(
     contenders: Iterable[str] | None = None,
     *,
     device: str | torch.device | None = None,
-    rounds: int = 7,
-    steps: int = 2,
+    rounds: int | None = None,
+    steps: int | None = None,
     quick: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -225,16 +225,17 @@ def run(
     """Time every contender on every (case, optimizer); see the module docstring.
 
     ``cases`` are names from :data:`CASES` (or :data:`QUICK_CASES`) or ``module:factory`` specs;
-    ``device`` defaults to CUDA when present. Each of ``rounds`` rounds times ``steps`` steps of
-    each contender, in a rotated order; the median per-step time is reported.
+    ``device`` defaults to CUDA when present. Each of ``rounds`` rounds (default 7, with ``quick``
+    3) times ``steps`` steps (default 2, with ``quick`` 1) of each contender, in a rotated order;
+    the median per-step time is reported.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     table = QUICK_CASES if quick else CASES
     cases = list(cases or table)
     optimizers = list(optimizers or OPTIMIZERS)
     contenders = list(contenders or CONTENDERS)
-    if quick:
-        rounds, steps = min(rounds, 3), 1
+    rounds = rounds if rounds is not None else 3 if quick else 7
+    steps = steps if steps is not None else 1 if quick else 2
     for name in optimizers:
         if name not in OPTIMIZERS:
             raise ValueError(f"Invalid optimizer: {name!r} (choose from {', '.join(OPTIMIZERS)})")

@@ -33,12 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "repeatable (default: all)",
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default: 7)")
-    parser.add_argument("--steps", type=positive_int, default=2, help="steps per round (default: 2)")
+    parser.add_argument("--rounds", type=positive_int, default=None,
+                        help="interleaved rounds (default: 7, with --quick 3)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="steps per round (default: 2, with --quick 1)")
     parser.add_argument("--threads", type=positive_int,
                         help="torch CPU threads for every contender (default: torch's default)")
     parser.add_argument("--quick", action="store_true",
-                        help="small shapes and 3 rounds: a smoke run in seconds")
+                        help="small shapes, 3 rounds of 1 step: a smoke run in seconds")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the results as a Markdown table")
