@@ -269,13 +269,19 @@ def old_without_scales(entry):
     entry["exp_avg"] = entry["exp_avg"]["codes"]
 
 
+def other_block_size(entry):
+    entry["exp_avg"]["block"] = 128
+
+
 @pytest.mark.parametrize("change, message", [
     (drop_scales, r"parameter 2 \(param group 0, shape \[5000\]\): 8-bit state entry "
                   r"'exp_avg_sq' has no block scales \('absmax' is missing\)"),
     (wrong_codes, r"'exp_avg' has codes of shape \[4000\], expected the parameter's \[5000\]"),
     (wrong_scales, r"'exp_avg' has 3 block scales, expected 20"),
     (old_without_scales, r"'exp_avg' has no block scales \('exp_avg.absmax' is missing\)"),
-], ids=["missing-scales", "codes-shape", "scale-count", "older-layout-missing-scales"])
+    (other_block_size, r"'exp_avg' has blocks of 128 elements \(this sgdlab reads blocks of 256\)"),
+], ids=["missing-scales", "codes-shape", "scale-count", "older-layout-missing-scales",
+        "block-size"])
 def test_an_eight_bit_checkpoint_that_does_not_fit_is_refused_at_load_naming_it(change, message):
     saved = broken(change)
     ps = params()
