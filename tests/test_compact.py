@@ -588,7 +588,7 @@ def test_invalid_min_8bit_size_is_rejected_naming_it(value):
         compact_state(sgdlab.AdamW([param]), torch.uint8, min_8bit_size=value)
 
 
-# --- non-finite values: they stay in their element, as in float32 state ------------------------------
+# --- non-finite values: they stay in their element, as in float32 state --------------------------
 def test_codec_stores_nan_and_infinities_in_their_element_and_scales_by_the_finite_values():
     x = torch.randn(3 * quantized.BLOCK)
     x[5], x[300], x[301] = float("nan"), float("inf"), -float("inf")  # signed blocks

@@ -252,13 +252,15 @@ def _fused_devices() -> list[str]:
     return _get_fused_kernels_supported_devices()
 
 
-def _compact_checkpoint(groups: list[dict[str, Any]], state_dict: dict[str, Any]) -> dict[str, Any]:
+def _compact_checkpoint(groups: list[dict[str, Any]],
+                        state_dict: dict[str, Any]) -> dict[str, Any]:
     """``state_dict`` checked for 8-bit entries that do not fit the parameters (a ValueError naming
     them, before anything changes), and with the optimizer's own storage settings where its groups
     have none (a checkpoint of torch.optim, or of float32 state, loads into compact state)."""
     saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
     if (not isinstance(saved_groups, list) or len(saved_groups) != len(groups)
-            or any(len(g["params"]) != len(s.get("params", ())) for g, s in zip(groups, saved_groups))):
+            or any(len(group["params"]) != len(saved.get("params", ()))
+                   for group, saved in zip(groups, saved_groups))):
         return state_dict  # torch.optim's load_state_dict says what is wrong
     saved_state = state_dict.get("state", {})
     for group_index, (group, saved) in enumerate(zip(groups, saved_groups)):
