@@ -37,14 +37,13 @@ SCALES = [1.0, 1e-6, 1.0, 0.05, 30.0, 1.0]
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Elementwise distance in ulps between two float tensors of one dtype (NaNs equal)."""
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[a.dtype]
-    width = torch.iinfo(bits).bits
+    bits = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+            torch.float16: torch.int16}[a.dtype]
+    lowest = torch.iinfo(bits).min
 
     def ordered(x: torch.Tensor) -> torch.Tensor:  # a monotonic integer image of the floats
         i = x.contiguous().view(bits).to(torch.int64)
-        if width == 64:  # flip the magnitude bits of negatives (no wider type to widen to)
-            return torch.where(i < 0, torch.iinfo(torch.int64).min - i, i)
-        return torch.where(i < 0, -(2**31) - i, i)
+        return torch.where(i < 0, lowest - i, i)  # negatives: magnitude bits flipped
 
     distance = (ordered(a) - ordered(b)).abs()
     both_nan = a.isnan() & b.isnan()
@@ -146,7 +145,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few configurations")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--inductor", action="store_true", help="also the Inductor path (slow)")
-    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--dtypes", default="float32,float64,bfloat16")
     args = parser.parse_args()
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
 

@@ -1,30 +1,34 @@
-"""sgdlab.SGD / Adam / AdamW compute the same numbers as torch.optim, for every option torch has.
+"""sgdlab.SGD / Adam / AdamW compute torch.optim's numbers, for every option torch has.
 
 Both optimizers see identical gradients (drawn from a seeded generator, independent of the
-parameters) so any difference comes from the update rule alone. Tolerances: float64 to round-off,
-float32 to a few ulps over the run; bfloat16 runs every op in bfloat16 (as torch's default CPU path
-does), so the two implementations may round differently by an ulp now and then.
+parameters), so any difference comes from the update rule alone. The guarantee, exactly
+(docs/drop-in.md, measured by benchmarks/torch_bit_parity.py):
+
+* SGD, float32 and float64, every path: bit-identical to torch.optim's for-loop (and foreach).
+* Adam/AdamW, ``foreach=False`` (one eager rule call per tensor): bit-identical, also bfloat16.
+* Adam/AdamW, the default path (the C loop on CPU): bit-identical to torch.optim's for-loop run
+  with a correctly rounded sqrt, since eager PyTorch's CPU sqrt is not correctly rounded; against
+  the real for-loop, within ``BOUND_ULPS`` ulps of each tensor's largest element after ten steps,
+  where torch.optim's own fused path differs from its for-loop by more.
 """
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 import sgdlab
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
+EXACT_DTYPES = [torch.float64, torch.float32]
 STEPS = 25
-
-
-def tolerance(dtype: torch.dtype) -> dict[str, float]:
-    return {
-        torch.float64: {"rtol": 1e-12, "atol": 1e-12},
-        torch.float32: {"rtol": 1e-5, "atol": 1e-5},
-        torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2},
-    }[dtype]
+# Adam's default path against torch.optim's for-loop: measured at most 1 ulp of a tensor's
+# largest element (params and state, every step of ten, over ADAM_GRID in both dtypes); torch's
+# fused path differs from its for-loop by up to 152 (float32) and 16 (float64) of them.
+BOUND_ULPS = 1.0
 
 
 def make_params(dtype: torch.dtype) -> list[torch.Tensor]:
@@ -45,9 +49,34 @@ def run(optimizer_cls, options: dict, dtype: torch.dtype, steps: int = STEPS) ->
     return [p.detach() for p in params]
 
 
-def assert_same_trajectory(ours, theirs, dtype):
+def assert_identical(ours, theirs):
     for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, **tolerance(dtype))
+        assert a.dtype == b.dtype and torch.equal(a, b), (a - b).abs().max()
+
+
+def assert_same_trajectory(ours, theirs, dtype):
+    """Bit for bit in float32 and float64 (an Adam run on the default path needs the torch side
+    run with a correctly rounded sqrt: :func:`with_correct_sqrt`)."""
+    assert dtype in EXACT_DTYPES
+    assert_identical(ours, theirs)
+
+
+_eager_sqrt = torch.Tensor.sqrt
+
+
+def _correct_sqrt(self):
+    if self.dtype == torch.float32:  # through float64: rounds float32 square roots exactly
+        return _eager_sqrt(self.double()).float()
+    return torch.from_numpy(np.asarray(np.sqrt(self.detach().numpy()))).reshape(self.shape)
+
+
+def with_correct_sqrt(function, *args, **kwargs):
+    """``function(...)`` with torch.optim's for-loop Adam (``exp_avg_sq.sqrt()``) taking correctly
+    rounded square roots: the arithmetic of sgdlab's C loop and Inductor programs (no effect on
+    SGD, which takes none)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "sqrt", _correct_sqrt)
+        return function(*args, **kwargs)
 
 
 def sgd_grid():
@@ -74,38 +103,84 @@ def adam_grid():
                    maximize=maximize)
 
 
+ADAMS = [(sgdlab.Adam, torch.optim.Adam), (sgdlab.AdamW, torch.optim.AdamW)]
+
+
 def _id(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items())
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", [{}, {"foreach": False}], ids=["default", "foreach=False"])
+@pytest.mark.parametrize("dtype", EXACT_DTYPES, ids=str)
 @pytest.mark.parametrize("options", list(sgd_grid()), ids=_id)
-def test_sgd_matches_torch(options, dtype):
-    assert_same_trajectory(
-        run(sgdlab.SGD, options, dtype),
-        run(torch.optim.SGD, {**options, "foreach": False}, dtype),
-        dtype,
-    )
+def test_sgd_is_bit_identical_to_torch(options, dtype, path):
+    expected = run(torch.optim.SGD, {**options, "foreach": False}, dtype)
+    assert_identical(run(sgdlab.SGD, {**options, **path}, dtype), expected)
+    assert_identical(run(torch.optim.SGD, {**options, "foreach": True}, dtype), expected)
+
+
+@pytest.mark.parametrize("options", list(sgd_grid()), ids=_id)
+def test_bfloat16_sgd_per_tensor_is_bit_identical_to_torch(options):
+    dtype = torch.bfloat16
+    assert_identical(run(sgdlab.SGD, {**options, "foreach": False}, dtype),
+                     run(torch.optim.SGD, {**options, "foreach": False}, dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("options", list(adam_grid()), ids=_id)
-def test_adam_matches_torch(options, dtype):
-    assert_same_trajectory(
-        run(sgdlab.Adam, options, dtype),
-        run(torch.optim.Adam, {**options, "foreach": False}, dtype),
-        dtype,
-    )
+@pytest.mark.parametrize("ours, theirs", ADAMS, ids=["adam", "adamw"])
+def test_adam_per_tensor_is_bit_identical_to_torch(ours, theirs, options, dtype):
+    assert_identical(run(ours, {**options, "foreach": False}, dtype),
+                     run(theirs, {**options, "foreach": False}, dtype))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", EXACT_DTYPES, ids=str)
 @pytest.mark.parametrize("options", list(adam_grid()), ids=_id)
-def test_adamw_matches_torch(options, dtype):
-    assert_same_trajectory(
-        run(sgdlab.AdamW, options, dtype),
-        run(torch.optim.AdamW, {**options, "foreach": False}, dtype),
-        dtype,
-    )
+@pytest.mark.parametrize("ours, theirs", ADAMS, ids=["adam", "adamw"])
+def test_default_adam_is_torch_with_a_correctly_rounded_sqrt(ours, theirs, options, dtype):
+    assert_identical(run(ours, options, dtype),
+                     with_correct_sqrt(run, theirs, {**options, "foreach": False}, dtype))
+
+
+def _trajectory(cls, options, dtype, steps=10):
+    """Parameters and state tensors after each of ``steps`` steps."""
+    params = [torch.nn.Parameter(p) for p in make_params(dtype)]
+    optimizer = cls(params, **options)
+    g = torch.Generator().manual_seed(7)
+    snapshots = []
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(dtype)
+        optimizer.step()
+        for p in params:
+            state = optimizer.state[p]
+            snapshots += [p.detach().clone()] + [state[k].clone() for k in sorted(state)
+                                                 if k != "step"]
+    return snapshots
+
+
+def _ulps_of_largest(ours, theirs) -> float:
+    """The largest difference, in ulps of the largest element of the tensor it is in."""
+    worst = 0.0
+    for a, b in zip(ours, theirs, strict=True):
+        scale = b.abs().max().item()
+        if scale > 0:
+            ulp = torch.finfo(b.dtype).eps * 2.0 ** np.floor(np.log2(scale))
+            worst = max(worst, (a - b).abs().max().item() / ulp)
+    return worst
+
+
+@pytest.mark.parametrize("dtype", EXACT_DTYPES, ids=str)
+@pytest.mark.parametrize("ours, theirs", ADAMS, ids=["adam", "adamw"])
+def test_default_adam_is_within_the_stated_bound_of_torch(ours, theirs, dtype):
+    worst_ours = worst_fused = 0.0
+    for options in adam_grid():
+        reference = _trajectory(theirs, {**options, "foreach": False}, dtype)
+        worst_ours = max(worst_ours, _ulps_of_largest(_trajectory(ours, options, dtype),
+                                                      reference))
+        worst_fused = max(worst_fused, _ulps_of_largest(
+            _trajectory(theirs, {**options, "fused": True}, dtype), reference))
+    assert worst_ours <= BOUND_ULPS < worst_fused
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
@@ -113,7 +188,7 @@ def test_adam_with_decoupled_weight_decay_matches_torch(weight_decay):
     options = dict(lr=0.01, weight_decay=weight_decay, decoupled_weight_decay=True)
     assert_same_trajectory(
         run(sgdlab.Adam, options, torch.float64),
-        run(torch.optim.Adam, options, torch.float64),
+        with_correct_sqrt(run, torch.optim.Adam, options, torch.float64),
         torch.float64,
     )
 
@@ -129,10 +204,13 @@ def test_adam_with_decoupled_weight_decay_matches_torch(weight_decay):
 )
 @pytest.mark.parametrize("path", ["foreach", "fused"])
 def test_matches_every_torch_execution_path(ours, theirs, options, path):
-    """torch's for-loop, foreach and fused paths agree in float64; so must we, whatever we pick."""
-    expected = run(theirs, {**options, path: True}, torch.float64)
-    assert_same_trajectory(run(ours, options, torch.float64), expected, torch.float64)
-    assert_same_trajectory(run(ours, {**options, path: True}, torch.float64), expected, torch.float64)
+    """sgdlab's foreach and fused flags choose how it runs, never what it computes: torch's
+    for-loop numbers. torch's own foreach and fused paths are within round-off of them."""
+    expected = with_correct_sqrt(run, theirs, {**options, "foreach": False}, torch.float64)
+    assert_same_trajectory(run(ours, {**options, path: True}, torch.float64), expected,
+                           torch.float64)
+    for a, b in zip(run(theirs, {**options, path: True}, torch.float64), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +225,9 @@ def test_matches_every_torch_execution_path(ours, theirs, options, path):
 def test_tensor_lr_matches_torch(ours, theirs, options):
     options = {**options, "lr": torch.tensor(options["lr"])}
     assert_same_trajectory(
-        run(ours, options, torch.float64), run(theirs, options, torch.float64), torch.float64
+        run(ours, options, torch.float64),
+        with_correct_sqrt(run, theirs, options, torch.float64),
+        torch.float64,
     )
 
 
@@ -170,7 +250,10 @@ def test_complex_parameters_match_torch(ours, theirs, options):
             optimizer.step()
         return [p.detach()]
 
-    assert_same_trajectory(run_complex(ours), run_complex(theirs), torch.float64)
+    # sgdlab updates a complex tensor as pairs of reals (torch.optim's Adam convention); torch's
+    # SGD multiplies by the learning rate in complex arithmetic: the two round differently.
+    for a, b in zip(run_complex(ours), run_complex(theirs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def _train(optimizer_cls, options, groups_of, steps=30, scheduler=None):
@@ -216,9 +299,9 @@ def _two_groups(model):
 )
 def test_param_groups_with_different_hyperparameters_match_torch(ours, theirs, options):
     params_ours, losses_ours = _train(ours, options, _two_groups)
-    params_theirs, losses_theirs = _train(theirs, options, _two_groups)
+    params_theirs, losses_theirs = with_correct_sqrt(_train, theirs, options, _two_groups)
     assert_same_trajectory(params_ours, params_theirs, torch.float64)
-    assert losses_ours == pytest.approx(losses_theirs, rel=1e-12)
+    assert losses_ours == losses_theirs
     assert losses_ours[-1] < losses_ours[0]
 
 
@@ -235,7 +318,8 @@ def test_learning_rate_scheduler_drives_both_the_same_way(ours, theirs):
         return model.parameters()
 
     ours_params, _ = _train(ours, {"lr": 0.01}, params, scheduler=schedule)
-    theirs_params, _ = _train(theirs, {"lr": 0.01}, params, scheduler=schedule)
+    theirs_params, _ = with_correct_sqrt(_train, theirs, {"lr": 0.01}, params,
+                                         scheduler=schedule)
     assert_same_trajectory(ours_params, theirs_params, torch.float64)
 
 

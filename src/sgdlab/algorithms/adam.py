@@ -35,7 +35,7 @@ from sgdlab.algorithms._checks import (
     is_tensor,
     tensor_needs_capturable,
 )
-from sgdlab.algorithms.fused import addcmul, fma, lerp
+from sgdlab.algorithms.fused import addcdiv, addcmul, fma, lerp
 
 State = dict[str, Any]
 
@@ -88,7 +88,7 @@ def adam(
         return param - (exp_avg * alpha) / (ops.sqrt(exp_avg_sq) + eps), new_state
     step_size = lr / bias_correction1
     denom = ops.sqrt(exp_avg_sq) / bias_correction2**0.5 + eps
-    return param + (-step_size * exp_avg) / denom, new_state
+    return addcdiv(param, exp_avg, denom, -step_size, ops), new_state
 
 
 def validate_adam(

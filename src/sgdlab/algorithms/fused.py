@@ -34,6 +34,15 @@ def addcmul(x: Any, tensor1: Any, tensor2: Any, value: Any, ops: Any) -> Any:
     return x + value * tensor1 * tensor2
 
 
+def addcdiv(x: Any, tensor1: Any, tensor2: Any, value: Any, ops: Any) -> Any:
+    """``x + value * tensor1 / tensor2``, as ``torch.addcdiv`` computes it where ``ops`` can (in
+    float32 for bfloat16 tensors, rounded once at the end; float32 and float64 round each step,
+    as here)."""
+    if getattr(ops, "fma", None) is not None:
+        return ops.addcdiv(x, tensor1, tensor2, value)
+    return x + value * tensor1 / tensor2
+
+
 def lerp(start: Any, end: Any, weight: Any, ops: Any) -> Any:
     """``start + weight * (end - start)``: the exponential moving average of ``end`` with
     ``weight = 1 - beta``, as ``torch.lerp`` computes it where ``ops`` can (one rounding, and

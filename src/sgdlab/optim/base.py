@@ -125,7 +125,7 @@ class RuleOptimizer(Optimizer):
         known = self.state
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for index, group in enumerate(self.param_groups):
-                params, grads, states, new = [], [], [], []
+                params, grads, states, new, first = [], [], [], [], {}
                 fused = group.get("fused")
                 for param in group["params"]:
                     grad = param.grad
@@ -138,6 +138,8 @@ class RuleOptimizer(Optimizer):
                         if fused:
                             check_fused_param(param)
                         state = self.init_state(param, group)
+                        if state:  # a parameter listed twice has one state (as in torch.optim)
+                            state = first.setdefault(id(param), state)
                         new.append((param, state))
                     params.append(param)
                     grads.append(grad)
@@ -174,6 +176,14 @@ class RuleOptimizer(Optimizer):
                   grads: list[Tensor], states: list[dict[str, Any]]) -> None:
         """Hand a group to an execution strategy: the grouped (flat, compiled when large) path
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""
+        if len(set(map(id, params))) < len(params):
+            # A parameter listed twice in a group (torch.optim warns, and updates it twice in a
+            # row, with the same gradient and one state): one run per listing, since the grouped
+            # path updates the tensors of one run side by side, from the same old values.
+            for key, indices in listings(params):
+                self._run_rule((index, key), group, [params[i] for i in indices],
+                               [grads[i] for i in indices], [states[i] for i in indices])
+            return
         state_dtype = group.get("state_dtype")
         if state_dtype == torch.uint8:
             minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
@@ -294,6 +304,26 @@ def _check_state_shapes(group: dict[str, Any], params: list[Tensor],
                     f"{list(value.shape)}, expected the parameter's {list(param.shape)} (loaded "
                     "from a checkpoint of other parameters?)"
                 )
+
+
+def listings(params: list[Tensor]) -> list[tuple[Any, list[int]]]:
+    """The indices of ``params`` in lists where no tensor appears twice, each with a layout key:
+    the tensors listed once, then every tensor listed more than once (its first listing), then
+    again (its second), ... Lists of the same tensors share a key, hence a layout."""
+    counts: dict[int, int] = {}
+    for param in params:
+        counts[id(param)] = counts.get(id(param), 0) + 1
+    once = [i for i, param in enumerate(params) if counts[id(param)] == 1]
+    rounds: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for i, param in enumerate(params):
+        if counts[id(param)] > 1:
+            listing = seen[id(param)] = seen.get(id(param), -1) + 1
+            if listing == len(rounds):
+                rounds.append([])
+            rounds[listing].append(i)
+    keyed = [("listed again", tuple(id(params[i]) for i in indices)) for indices in rounds]
+    return ([("listed once", once)] if once else []) + list(zip(keyed, rounds))
 
 
 def check_min_8bit_size(value: Any) -> None:

@@ -171,6 +171,9 @@ def c_source(program: Program, dtype: torch.dtype, n_tensors: int, *,
             # torch.addcmul's CPU kernel: x + value * t1 * t2, the last addition fused
             x, t1, t2, value = a
             expression = f"{math['fma']}({value} * {t1}, {t2}, {x})"
+        elif op == "addcdiv" and len(a) == 4:
+            x, t1, t2, value = a
+            expression = f"{x} + {value} * {t1} / {t2}"
         elif op == "lerp" and len(a) == 3:
             # torch.lerp's kernel: one rounding, and from the nearer end (weight below 0.5 or not)
             start, end, weight = a
@@ -367,7 +370,10 @@ def configured_cache_dir() -> Path:
 def cache_dir() -> Path:
     """The directory kernels are compiled into and loaded from: the configured one (created if
     missing) when it passes :func:`directory_problem` and can be written, else this process's
-    private temporary directory (:class:`Untrusted` when even that one fails the checks)."""
+    private temporary directory (:class:`Untrusted` when even that one fails the checks).
+
+    The path has its symbolic links resolved: the checks are of the directories it names, and
+    a link in a directory others can write could point elsewhere later."""
     configured = configured_cache_dir()
     try:
         _make_directories(configured)
@@ -377,7 +383,7 @@ def cache_dir() -> Path:
     except OSError as error:
         problem = f"it cannot be created: {error.strerror or error}"
     if problem is None:
-        return configured
+        return Path(os.path.realpath(configured))
     return _private_directory(configured, problem)
 
 
@@ -449,7 +455,8 @@ def _private_group(gid: int) -> bool:
 def _private_directory(configured: Path, problem: str) -> Path:
     with _private_lock:
         if not _private:
-            directory = Path(tempfile.mkdtemp(prefix="sgdlab-kernels-"))  # 0700, unguessable
+            # 0700, and a name no one can guess or take first
+            directory = Path(os.path.realpath(tempfile.mkdtemp(prefix="sgdlab-kernels-")))
             own = directory_problem(directory) if _POSIX else None
             if own is not None:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -38,11 +38,12 @@ from sgdlab.optim import torch_ops
 # concatenation of tensors is the same as running it on each tensor.
 ELEMENTWISE = frozenset(
     {"sqrt", "rsqrt", "maximum", "minimum", "abs", "sign", "exp", "log", "where", "clamp",
-     "square", "reciprocal", "tanh", "sigmoid", "neg", "lerp", "copysign", "fma", "addcmul"}
+     "square", "reciprocal", "tanh", "sigmoid", "neg", "lerp", "copysign", "fma", "addcmul",
+     "addcdiv"}
 )
 # Those the program calls from :mod:`sgdlab.optim.torch_ops` (the multiply-adds torch.optim rounds
 # once, :mod:`sgdlab.algorithms.fused`), the rest from torch.
-_TORCH_OPS = frozenset({"fma", "addcmul", "lerp"})
+_TORCH_OPS = frozenset({"fma", "addcmul", "addcdiv", "lerp"})
 
 
 class TraceError(Exception):

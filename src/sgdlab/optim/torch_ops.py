@@ -44,6 +44,13 @@ def addcmul(x: Tensor, tensor1: Tensor, tensor2: Tensor, value: Any) -> Tensor:
     return torch.addcmul(x, tensor1, tensor2, value=value)
 
 
+def addcdiv(x: Tensor, tensor1: Tensor, tensor2: Tensor, value: Any) -> Tensor:
+    """``x + value * tensor1 / tensor2`` as ``torch.addcdiv`` computes it."""
+    if isinstance(value, Tensor) or torch.compiler.is_compiling():
+        return x + value * tensor1 / tensor2  # (a tensor value: differentiable)
+    return torch.addcdiv(x, tensor1, tensor2, value=value)
+
+
 def lerp(start: Tensor, end: Tensor, weight: Any) -> Tensor:
     """``torch.lerp``: one rounding, from ``start`` when ``|weight| < 0.5``, else from ``end``."""
     if _compiled_fma is not None and torch.compiler.is_compiling():
