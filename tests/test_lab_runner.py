@@ -273,3 +273,18 @@ def test_compact_state_specs_train_a_little_differently_from_float32():
         assert compact.status == "finished"
         assert compact.final["train_loss"] != plain.final["train_loss"]
         assert compact.final["train_loss"] == pytest.approx(plain.final["train_loss"], rel=0.05)
+
+
+def test_lab_warnings_print_as_one_line_under_the_command_name(monkeypatch):
+    import warnings
+
+    from sgdlab.lab.runner import lab_warning_prefix, one_line_lab_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    one_line_lab_warnings("sgdlab compare")
+    assert lab_warning_prefix() == "sgdlab compare"
+    assert warnings.formatwarning("checkpoint x moved", LabWarning, "runner.py", 1) == \
+        "sgdlab compare: warning: checkpoint x moved\n"
+    assert "runner.py:1: UserWarning" in warnings.formatwarning("other", UserWarning, "runner.py", 1)
+    one_line_lab_warnings("sgdlab tune")  # a second command in the same process takes its own name
+    assert warnings.formatwarning("m", LabWarning, "f", 1) == "sgdlab tune: warning: m\n"

@@ -30,6 +30,9 @@ examples:
 quote the whole --space value: the shell reads | as a pipe.
 Rerunning the same command (same --out, or same --storage and --study-name) resumes the study;
 raise --trials to add trials. Workers on other machines join with the same --storage/--study-name.
+A search alone on its study draws the same configurations for the same --seed; a command (or worker)
+that joins a study another live one is running draws from a seed of its own, so concurrent searches
+do not try the same configurations twice.
 """
 
 

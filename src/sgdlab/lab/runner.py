@@ -77,7 +77,13 @@ def one_line_lab_warnings(prefix: str = "sgdlab") -> None:
         return default(message, category, filename, lineno, line)
 
     format_warning.default = default  # type: ignore[attr-defined]
+    format_warning.prefix = prefix  # type: ignore[attr-defined]
     warnings.formatwarning = format_warning
+
+
+def lab_warning_prefix() -> str:
+    """The prefix this process shows lab warnings with (for its worker processes to use too)."""
+    return getattr(warnings.formatwarning, "prefix", "sgdlab")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,12 +392,12 @@ def watch_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="sgdlab-parent-watch").start()
 
 
-def _init_worker(task: Task, queue: Any, parent: int) -> None:
+def _init_worker(task: Task, queue: Any, parent: int, prefix: str) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     torch.set_num_threads(1)  # several processes share the cores: one thread each
-    one_line_lab_warnings()
+    one_line_lab_warnings(prefix)
     _WORKER["task"], _WORKER["queue"] = task, queue
     watch_parent(parent)
 
@@ -585,7 +591,7 @@ def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bar
     results: dict[tuple[str, int], RunResult] = {}
     executor = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-        initargs=(task, messages, os.getpid()),
+        initargs=(task, messages, os.getpid(), lab_warning_prefix()),
     )
 
     def drain(timeout: float) -> None:

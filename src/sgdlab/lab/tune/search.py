@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import torch
 
-from sgdlab.lab.runner import DIVERGED, one_line_lab_warnings, train_run, watch_parent
+from sgdlab.lab.runner import DIVERGED, lab_warning_prefix, one_line_lab_warnings, train_run, watch_parent
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.tasks import Task
 from sgdlab.lab.tune.space import SearchSpace
@@ -518,9 +518,9 @@ def run_worker(
     )
 
 
-def _worker_process(setup: SearchSetup, worker: int, start: Any, parent: int) -> None:
+def _worker_process(setup: SearchSetup, worker: int, start: Any, parent: int, prefix: str) -> None:
     watch_parent(parent)  # a search killed with SIGKILL must not leave its workers spending the budget
-    one_line_lab_warnings()
+    one_line_lab_warnings(prefix)
     torch.set_num_threads(1)  # N workers share the cores: one thread each
     run_worker(setup, worker, start=start)
 
@@ -577,8 +577,9 @@ def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> 
 
     context = multiprocessing.get_context("spawn")  # fork is unsafe with torch's threads
     start = context.Barrier(workers)
+    prefix = lab_warning_prefix()
     processes = [
-        context.Process(target=_worker_process, args=(setup, i, start, os.getpid()), daemon=False)
+        context.Process(target=_worker_process, args=(setup, i, start, os.getpid(), prefix), daemon=False)
         for i in range(workers)
     ]
     for process in processes:
