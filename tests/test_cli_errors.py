@@ -95,6 +95,10 @@ def test_the_output_checks_leave_an_existing_file_as_it_was(tmp_path):
         (["landscape", "quadratic", "--opt", "sgd:foo=1"], "unknown hyperparameter 'foo'"),
         (["bench", "--case", "nope"], "Invalid case: 'nope'"),
         (["bench", "--optimizer", "nope"], "Invalid optimizer: 'nope'"),
+        (["bench", "--quick", "--device", "tpu"], "Invalid device: 'tpu'"),
+        (["bench", "--quick", "--case", "os:getcwd"], "returned str, not an nn.Module"),
+        (["bench", "--quick", "--case", "os:sep"], "is not callable"),
+        (["tune", "search", "--task", "logistic", "--storage", "sqlite:////proc/x/y.db"], "cannot be opened"),
         (["demo", "--lr", "-1"], "Invalid learning rate"),
     ],
 )

@@ -60,11 +60,18 @@ def factory_shapes(spec: str) -> list[Shape]:
         factory: Callable = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"Invalid model factory: {spec!r} ({error})") from None
+    if not callable(factory):
+        raise ValueError(f"Invalid model factory: {spec!r} is not callable")
     built = factory()
     items = built.parameters() if hasattr(built, "parameters") else built
-    shapes = [tuple(item.shape) if hasattr(item, "shape") else tuple(item) for item in items]
-    if not shapes:
-        raise ValueError(f"Invalid model factory: {spec!r} returned no parameters")
+    try:
+        shapes = [tuple(int(n) for n in (item.shape if hasattr(item, "shape") else item)) for item in items]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"Invalid model factory: {spec!r} returned {type(built).__name__}, not an nn.Module, tensors or shapes"
+        ) from None
+    if not shapes or any(n < 1 for shape in shapes for n in shape):
+        raise ValueError(f"Invalid model factory: {spec!r} returned no parameters, or empty shapes")
     return shapes
 
 

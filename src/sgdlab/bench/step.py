@@ -229,7 +229,7 @@ def run(
     3) times ``steps`` steps (default 2, with ``quick`` 1) of each contender, in a rotated order;
     the median per-step time is reported.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     table = QUICK_CASES if quick else CASES
     cases = list(cases or table)
     optimizers = list(optimizers or OPTIMIZERS)
@@ -344,6 +344,20 @@ def run(
     settings = {"rounds": rounds, "steps_per_round": steps, "quick": quick, "noise_limit": NOISE_LIMIT,
                 "contenders": contenders, "optimizers": {k: OPTIMIZERS[k][:2] for k in optimizers}}
     return BenchResult(machine_info(device), settings, infos, rows)
+
+
+def _device(name: str | torch.device | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"Invalid device: {str(name)!r} (expected cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Invalid device: {str(name)!r} (CUDA is not available here)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"Invalid device: {str(name)!r} (expected cpu or cuda)")
+    return device
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:

@@ -246,7 +246,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from sgdlab.lab.tune.search import SearchSetup, search, storage_description, write_search_json
+    from sgdlab.lab.tune.search import SearchSetup, open_storage, search, storage_description, write_search_json
     from sgdlab.lab.tune.space import SpaceError
 
     console = Console()
@@ -258,6 +258,7 @@ def run_search(args: argparse.Namespace) -> int:
             metric=args.metric, pruner=args.pruner, seed=args.seed, val_fraction=args.val_fraction,
         )
         space = setup.space()
+        open_storage(args.storage, out)  # an unreachable database fails here, not after the header
     except (SpaceError, ValueError) as error:
         return _error(str(error))
 

@@ -127,9 +127,14 @@ def open_storage(storage: str | None, out: Path) -> Any:
     except ImportError as error:
         raise StorageError(f"--storage {target!r} needs a driver that is not installed: {error}") from None
     except (OSError, optuna.exceptions.OptunaError) as error:
-        raise StorageError(f"--storage {target!r} cannot be opened: {error}") from None
+        raise StorageError(f"--storage {target!r} cannot be opened: {_first_line(error)}") from None
     except Exception as error:  # SQLAlchemy's errors (bad URL, unreachable server) have no common base here
-        raise StorageError(f"--storage {target!r} cannot be opened: {type(error).__name__}: {error}") from None
+        raise StorageError(f"--storage {target!r} cannot be opened: {type(error).__name__}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a driver's error (SQLAlchemy appends the SQL and a link on further lines)."""
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def _rdb_storage(url: str) -> Any:
