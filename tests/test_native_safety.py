@@ -228,8 +228,21 @@ def test_group_write_is_allowed_only_for_the_users_own_group(fresh_native, monke
         assert "written by other users (mode 770)" in problem
 
 
+def test_the_cache_is_used_through_its_resolved_path(fresh_native, tmp_path, monkeypatch):
+    # A link checked now could point elsewhere later if it stands in a directory others can
+    # write: everything is done through the path with links resolved, each directory checked.
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.setenv("SGDLAB_CACHE_DIR", str(tmp_path / "link"))
+    assert native.cache_dir() == real.resolve() / "kernels"
+    params = train()
+    assert_right(params)
+    assert {found.path.parent for found in native._kernels.values()} == {real.resolve() / "kernels"}
+
+
 def test_a_missing_cache_is_created_owner_only_and_is_the_one_used(fresh_native):
-    assert native.cache_dir() == fresh_native
+    assert native.cache_dir() == fresh_native.resolve()
     for directory in (fresh_native, fresh_native.parent):
         assert stat.S_IMODE(os.stat(directory).st_mode) == native.DIRECTORY_MODE
 

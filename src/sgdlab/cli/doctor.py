@@ -84,7 +84,7 @@ def report(console) -> list[str]:
         _print_directory_checks(console, configured)
         if used is None:
             console.print("  [red]no directory to compile into[/]")
-        elif used != configured:
+        elif used != Path(os.path.realpath(configured)):
             reason = " ".join(str(w.message) for w in caught)
             problems.append(f"the configured cache is not used: {reason}")
             console.print(f"  [yellow]using instead[/] {used} (private to this process)")
