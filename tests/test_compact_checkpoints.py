@@ -214,12 +214,13 @@ def test_a_bfloat16_checkpoint_loads_into_torch_optim_as_it_is(ours, theirs, opt
 
 
 # --- torch.optim's (and float32) checkpoints in compact-state optimizers --------------------------
+@pytest.mark.parametrize("source", ["torch.optim", "sgdlab-float32"])
 @pytest.mark.parametrize("state_dtype", [torch.uint8, torch.bfloat16], ids=["8bit", "bf16"])
 @pytest.mark.parametrize("ours, theirs, options", PAIRS, ids=IDS)
-def test_a_torch_optim_checkpoint_loads_into_compact_state_and_stays_compact(
-        ours, theirs, options, state_dtype):
+def test_a_float32_checkpoint_loads_into_compact_state_and_stays_compact(
+        ours, theirs, options, state_dtype, source):
     ps = params()
-    torch_optimizer = theirs(ps, **options)
+    torch_optimizer = (theirs if source == "torch.optim" else ours)(ps, **options)
     train(torch_optimizer, ps, 3)
     target = clone(ps)
     optimizer = compact(ours, target, options, state_dtype)

@@ -20,10 +20,11 @@ A state entry ``key`` is stored as ``state[key]`` (uint8 codes, shaped like the 
 
 Non-finite values (a NaN or infinite gradient) stay in their element, as in float32 state: a
 block's scale and sign are taken over its finite values (NaN's sign bit says nothing), and a
-NaN or infinity is stored as a reserved code that no finite value reaches (a finite value is at
-most the block's largest, so at most 1 + 2^-20 of the scale, code magnitude 121): a signed block
-stores NaN as ``0x7E`` and an infinity as ``0x7F`` with its sign bit; a nonnegative block NaN as
-``0xFE`` and +inf as ``0xFF`` (a -inf makes its block signed).
+NaN or infinity is stored as a reserved code that no finite value reaches (a finite value's
+``y`` is at most 1 plus a rounding error, which codes as 1.0 or 1.125 at most: magnitude 121 in a
+signed block, 249 in a nonnegative one): a signed block stores NaN as ``0x7E`` and an infinity
+as ``0x7F`` with its sign bit; a nonnegative block NaN as ``0xFE`` and +inf as ``0xFF`` (a -inf
+makes its block signed).
 
 The codec exists twice, on purpose, side by side: in PyTorch operations (:func:`encode`,
 :func:`decode`; the CUDA and fallback path, and the tests' reference) and as C for the CPU loop
