@@ -176,7 +176,7 @@ class RuleOptimizer(Optimizer):
                   grads: list[Tensor], states: list[dict[str, Any]]) -> None:
         """Hand a group to an execution strategy: the grouped (flat, compiled when large) path
         by default, the per-tensor reference for anything unusual or ``foreach=False``."""
-        if len(set(map(id, params))) < len(params):
+        if self._lists_a_tensor_twice(group["params"]) and len(set(map(id, params))) < len(params):
             # A parameter listed twice in a group (torch.optim warns, and updates it twice in a
             # row, with the same gradient and one state): one run per listing, since the grouped
             # path updates the tensors of one run side by side, from the same old values.
@@ -200,6 +200,16 @@ class RuleOptimizer(Optimizer):
                                       dtype)
                 return
         self._execute(index, group, params, grads, states, state_dtype)
+
+    def _lists_a_tensor_twice(self, listed: list[Tensor]) -> bool:
+        # Checked once per list of a group's parameters (and again if its length changes), not
+        # every step: a set of 161 ids costs several percent of a small model's step.
+        seen = self.__dict__.setdefault("_listed_twice", {})
+        known = seen.get(id(listed))
+        if known is None or known[0] is not listed or known[1] != len(listed):
+            known = seen[id(listed)] = (listed, len(listed),
+                                        len(set(map(id, listed))) < len(listed))
+        return known[2]
 
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
