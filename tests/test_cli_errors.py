@@ -1,6 +1,7 @@
 """Mistakes in an `sgdlab` command line: one line on stderr and exit code 2, before any work; bugs keep
 their traceback; every --help text shows commands that work when pasted into a shell."""
 
+import argparse
 import shlex
 
 import pytest
@@ -152,15 +153,14 @@ def test_a_lab_error_escaping_a_command_is_one_line_but_a_bug_keeps_its_tracebac
 
 
 def _help_texts():
-    parser = build_parser()
-    yield "sgdlab", parser.format_help()
-    stack = [("sgdlab", parser)]
+    """(command, its --help text) for sgdlab and every subcommand, nested ones included."""
+    stack = [("sgdlab", build_parser())]
     while stack:
-        name, current = stack.pop()
-        for action in current._actions:  # noqa: SLF001 - argparse keeps subparsers here
-            for sub_name, sub in getattr(action, "choices", None).items() if hasattr(action, "_name_parser_map") else ():
-                yield f"{name} {sub_name}", sub.format_help()
-                stack.append((f"{name} {sub_name}", sub))
+        name, parser = stack.pop()
+        yield name, parser.format_help()
+        for action in parser._actions:  # noqa: SLF001 - argparse keeps its subcommands there
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                stack.extend((f"{name} {sub_name}", sub) for sub_name, sub in action.choices.items())
 
 
 def test_help_texts_have_no_doubled_percent_signs():

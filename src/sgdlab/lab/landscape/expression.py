@@ -67,6 +67,7 @@ _MAX_LENGTH = 1000
 MAX_DEPTH = 100
 _TOO_LARGE = "is too large for a floating-point number (overflow)"
 
+
 def compile_expression(text: str) -> Callable[[Tensor, Tensor], Tensor]:
     """Turn ``text``, an arithmetic expression in ``x`` and ``y``, into ``f(x, y) -> Tensor``.
 

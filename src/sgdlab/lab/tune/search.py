@@ -129,7 +129,9 @@ def open_storage(storage: str | None, out: Path) -> Any:
     except (OSError, optuna.exceptions.OptunaError) as error:
         raise StorageError(f"--storage {target!r} cannot be opened: {_first_line(error)}") from None
     except Exception as error:  # SQLAlchemy's errors (bad URL, unreachable server) have no common base here
-        raise StorageError(f"--storage {target!r} cannot be opened: {type(error).__name__}: {_first_line(error)}") from None
+        raise StorageError(
+            f"--storage {target!r} cannot be opened: {type(error).__name__}: {_first_line(error)}"
+        ) from None
 
 
 def _first_line(error: BaseException) -> str:
