@@ -35,6 +35,19 @@ class RuleOptimizer(Optimizer):
     group_defaults: ClassVar[dict[str, Any]] = {}
     # Whether param groups may set ``state_dtype`` (compact state needs the grouped path).
     compact_state_supported: ClassVar[bool] = True
+    # Whether the grouped (flat, compiled when large) path may run the rule; False: tensor by
+    # tensor always.
+    grouped_execution_supported: ClassVar[bool] = True
+    # Whether the class defines any group-level hook (set for each subclass, so that step() of
+    # a class without hooks makes no call for them).
+    has_group_hooks: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.has_group_hooks = any(
+            getattr(cls, name) is not getattr(RuleOptimizer, name)
+            for name in ("before_group", "before_update", "after_update", "after_group")
+        )
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         type(self).validate(**defaults)
@@ -112,6 +125,39 @@ class RuleOptimizer(Optimizer):
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         """Reject gradients the rule cannot use (e.g. sparse gradients for Adam)."""
 
+    def rule_for(self, group: dict[str, Any]) -> Callable[..., Any]:
+        """The rule that updates ``group`` now: ``rule``, unless a subclass changes rules
+        between steps (SWATS); ``rule_hyperparameters`` gives its keyword arguments."""
+        return type(self).rule
+
+    # --- group-level steps --------------------------------------------------------------------
+    # What is not elementwise happens around the rule, once per param group and step:
+    # before_group, then the rule over the group's parameters with gradients, each run of it
+    # between before_update and after_update, then after_group. step() runs a group's
+    # parameters in one run; optimizer-in-backward one parameter at a time as gradients complete
+    # (step_parameter), and ends the step when backward() does (finish_parameter_step). Either
+    # way every group gets before_group and after_group once per step, with or without
+    # gradients, so a quantity reduced over a group is gathered in after_update and used in
+    # after_group.
+    def before_group(self, group: dict[str, Any]) -> None:
+        """Called once per step for each param group, before the rule updates any of its
+        parameters (e.g. the step's schedule)."""
+
+    def before_update(self, group: dict[str, Any], params: list[Tensor],
+                      grads: list[Tensor]) -> Any:
+        """Called right before the rule updates ``params`` (all of ``group``'s parameters with
+        gradients, or one of them); what it returns is handed to ``after_update``."""
+        return None
+
+    def after_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     before: Any) -> None:
+        """Called right after the rule updated ``params``, with their gradients (e.g. to gather
+        the terms of a reduction over the group)."""
+
+    def after_group(self, group: dict[str, Any]) -> None:
+        """Called once per step for each param group, after the rule updated all its
+        parameters that had gradients (none, possibly)."""
+
     # --- the step -----------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -122,8 +168,11 @@ class RuleOptimizer(Optimizer):
         # This loop is the per-step cost of a model with many small tensors: no call or lookup
         # in it that can be skipped (check_grad only where a subclass defines one).
         check = None if type(self).check_grad is RuleOptimizer.check_grad else self.check_grad
+        hooks = type(self).has_group_hooks
         known = self.state
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            if hooks and self.__dict__.get("_open_groups"):
+                self.finish_parameter_step()  # a backward that ended without its callback
             for index, group in enumerate(self.param_groups):
                 params, grads, states, new, first = [], [], [], [], {}
                 fused = group.get("fused")
@@ -144,33 +193,66 @@ class RuleOptimizer(Optimizer):
                     params.append(param)
                     grads.append(grad)
                     states.append(state)
+                if hooks:
+                    self.before_group(group)
                 if params:
+                    before = self.before_update(group, params, grads) if hooks else None
                     self._run_rule(index, group, params, grads, states)
                     # A parameter enters self.state only once it has state (as in torch.optim,
                     # plain SGD keeps none, and its state_dict lists no entries).
                     for param, state in new:
                         if state:
                             known[param] = state
+                    if hooks:
+                        self.after_update(group, params, grads, before)
+                if hooks:
+                    self.after_group(group)
         return loss
 
     def step_parameter(self, param: Tensor, group_index: int) -> None:
         """Update one parameter of group ``group_index`` from its ``.grad``, then drop the grad
-        (the unit of work of :func:`sgdlab.optim.optimizer_in_backward`)."""
+        (the unit of work of :func:`sgdlab.optim.optimizer_in_backward`). The first parameter of
+        a group in a step runs the group's ``before_group``; :meth:`finish_parameter_step` ends
+        the step."""
         group = self.param_groups[group_index]
         grad = param.grad
         if grad is None:
             return
+        hooks = type(self).has_group_hooks
         with torch.no_grad():
             self.check_grad(param, grad)
+            if hooks:
+                opened = self.__dict__.setdefault("_open_groups", set())
+                if group_index not in opened:
+                    self.before_group(group)
+                    opened.add(group_index)
             state = self.state.get(param)
             if not state:
                 if group.get("fused"):
                     check_fused_param(param)
                 state = self.init_state(param, group)
+            before = self.before_update(group, [param], [grad]) if hooks else None
             self._run_rule((group_index, id(param)), group, [param], [grad], [state])
             if state and param not in self.state:
                 self.state[param] = state
+            if hooks:
+                self.after_update(group, [param], [grad], before)
         param.grad = None
+
+    def finish_parameter_step(self) -> None:
+        """End a step taken parameter by parameter (:meth:`step_parameter`), as ``step()`` ends
+        one: ``after_group`` for every group, preceded by ``before_group`` for the groups none of
+        whose parameters had a gradient. Nothing happens if no parameter was updated since the
+        last step (a backward pass that reached none of them is not a step)."""
+        opened = self.__dict__.get("_open_groups")
+        if not opened:
+            return
+        self._open_groups = set()
+        with torch.no_grad():
+            for index, group in enumerate(self.param_groups):
+                if index not in opened:
+                    self.before_group(group)
+                self.after_group(group)
 
     def _run_rule(self, index: Any, group: dict[str, Any], params: list[Tensor],
                   grads: list[Tensor], states: list[dict[str, Any]]) -> None:
@@ -227,9 +309,11 @@ class RuleOptimizer(Optimizer):
             # compact steps and lives in the param group, so it is saved with the checkpoint and
             # a resumed run rounds exactly as an uninterrupted one would.
             rounding_step = group.get(ROUNDING_STEP, 0) + 1
-        if execution.grouped_supported(params, grads, group):
+        rule = self.rule_for(group)
+        if type(self).grouped_execution_supported and execution.grouped_supported(
+                params, grads, group):
             layouts = self.__dict__.setdefault("_layouts", {})
-            if execution.grouped(type(self).rule, params, grads, states, hyperparameters,
+            if execution.grouped(rule, params, grads, states, hyperparameters,
                                  layouts=layouts, layout_key=index, state_dtype=state_dtype,
                                  rounding_step=rounding_step):
                 if compact:
@@ -244,7 +328,7 @@ class RuleOptimizer(Optimizer):
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
         execution.per_tensor(
-            type(self).rule,
+            rule,
             params,
             grads,
             states,

@@ -24,7 +24,7 @@ evaluation (a few forward passes in train mode after ``optimizer.eval()``), as t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,11 +48,11 @@ def _clone(param: Tensor) -> Tensor:
 
 
 class _ScheduleFree(RuleOptimizer):
-    """The part shared by both methods: the schedule, train/eval switching and the step."""
+    """The part shared by both methods: the schedule (group-level hooks) and train/eval
+    switching."""
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
-        self._ckp1: dict[int, float] = {}
         super().__init__(params, defaults)
 
     def interpolation_beta(self, group: dict[str, Any]) -> float:
@@ -86,41 +86,35 @@ class _ScheduleFree(RuleOptimizer):
                     param.copy_(move(param, z.to(param.device), beta=beta))
             group["train_mode"] = to_train
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One schedule-free step; ``closure`` re-evaluates the model and returns the loss."""
+    # The schedule advances for every group at every step, with or without gradients, as in the
+    # reference implementation (the averaging weights depend on the step count only). As
+    # group-level hooks, it runs in step() and in optimizer-in-backward alike.
+    def before_group(self, group: dict[str, Any]) -> None:
         if not self.train_mode:
             raise RuntimeError(
                 f"{type(self).__name__}.step() was called in eval mode: call optimizer.train() "
                 "before training steps and optimizer.eval() before evaluating or saving "
                 "(the parameters hold a different point in each mode)"
             )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # The schedule advances for every group at every step, with or without gradients, as in
-        # the reference implementation (the averaging weights depend on the step count only).
-        for group in self.param_groups:
-            schedule = schedule_free_schedule(
-                group["k"],
-                lr=group["lr"],
-                warmup_steps=group["warmup_steps"],
-                r=group["r"],
-                weight_lr_power=group["weight_lr_power"],
-                lr_max=group["lr_max"],
-                weight_sum=group["weight_sum"],
-            )
-            group["scheduled_lr"] = schedule.lr
-            group["lr_max"] = schedule.lr_max
-            group["weight_sum"] = schedule.weight_sum
-            self._ckp1[id(group)] = schedule.ckp1
-        try:
-            super().step()
-        finally:
-            self._ckp1.clear()
-        for group in self.param_groups:
-            group["k"] += 1
-        return loss
+        schedule = schedule_free_schedule(
+            group["k"],
+            lr=group["lr"],
+            warmup_steps=group["warmup_steps"],
+            r=group["r"],
+            weight_lr_power=group["weight_lr_power"],
+            lr_max=group["lr_max"],
+            weight_sum=group["weight_sum"],
+        )
+        group["scheduled_lr"] = schedule.lr
+        group["lr_max"] = schedule.lr_max
+        group["weight_sum"] = schedule.weight_sum
+        # This step's averaging weight, for the rule (not in __init__: a copy or unpickled
+        # optimizer has only what torch.optim's __getstate__ keeps).
+        self.__dict__.setdefault("_ckp1", {})[id(group)] = schedule.ckp1
+
+    def after_group(self, group: dict[str, Any]) -> None:
+        self._ckp1.pop(id(group), None)  # set by before_group, which every step runs first
+        group["k"] += 1
 
     def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return {

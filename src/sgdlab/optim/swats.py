@@ -2,9 +2,10 @@
 
 The two phases run the existing rules, ``sgdlab.algorithms.adam`` then ``sgdlab.algorithms.sgd``;
 the switching logic (projection, running estimate, criterion) is in
-:mod:`sgdlab.algorithms.swats`. This adapter only gathers each param group's dot products,
-keeps the group-level quantities in the param group (so they are part of ``state_dict()``) and
-replaces the Adam state by SGD's at the switch.
+:mod:`sgdlab.algorithms.swats`. This adapter only gathers each param group's dot products (the
+base class's group-level hooks, so ``step()`` and optimizer-in-backward both switch), keeps the
+group-level quantities in the param group (so they are part of ``state_dict()``) and replaces
+the Adam state by SGD's at the switch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from sgdlab.algorithms.swats import (
     update_lr_estimate,
     validate_swats,
 )
-from sgdlab.optim import execution
 from sgdlab.optim.base import RuleOptimizer
 
 
@@ -50,7 +50,7 @@ class SWATS(RuleOptimizer):
     or None). ``optimizer.switch_step`` and ``optimizer.sgd_lr`` read the first group's.
     """
 
-    rule = staticmethod(adam)  # the first phase; the step below composes it with sgd
+    rule = staticmethod(adam)  # the first phase; rule_for gives sgd after the switch
     validate = staticmethod(validate_swats)
 
     def __init__(
@@ -102,8 +102,14 @@ class SWATS(RuleOptimizer):
     # The Adam phase runs tensor by tensor (its projection compares each parameter before and
     # after the step): there is no grouped loop to round compact state in.
     compact_state_supported = False
+    grouped_execution_supported = False
+
+    def rule_for(self, group: dict[str, Any]) -> Callable[..., Any]:
+        return adam if group["switch_step"] is None else sgd
 
     def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
+        if group["switch_step"] is not None:
+            return self.sgd_hyperparameters(group)
         beta1, beta2 = group["betas"]
         return {
             "lr": group["lr"],
@@ -121,52 +127,50 @@ class SWATS(RuleOptimizer):
         }
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        if group["switch_step"] is not None:
+            return {}  # SGD's momentum buffer is created from the first gradient
         state = adam_init(
             param, zeros_like=lambda p: self.state_zeros(p, group)
         )
         state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
         return state
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        with torch.no_grad():
-            for group in self.param_groups:
-                params = [p for p in group["params"] if p.grad is not None]
-                if not params:
-                    continue
-                for param in params:
-                    self.check_grad(param, param.grad)
-                if group["switch_step"] is None:
-                    self._adam_step(group, params)
-                else:
-                    self._sgd_step(group, params)
-        return loss
-
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         if grad.is_sparse:
             raise RuntimeError("SWATS does not support sparse gradients")
 
-    def _adam_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        grads = [p.grad for p in params]
-        states = [self.state.get(p) or self.init_state(p, group) for p in params]
-        old = [p.clone() for p in params]
-        execution.per_tensor(adam, params, grads, states, self.rule_hyperparameters(group))
-        for param, state in zip(params, states):
-            self.state[param] = state
+    # --- the switch: a reduction over the group, around the Adam steps ------------------------
+    def before_update(self, group: dict[str, Any], params: list[Tensor],
+                      grads: list[Tensor]) -> Any:
+        if group["switch_step"] is None:
+            return [param.clone() for param in params]
+        return None
 
-        # The projection uses the gradient Adam followed, L2 term included.
+    def after_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     before: Any) -> None:
+        if before is None:
+            return
+        # The projection uses the gradient Adam followed, L2 term included. The terms are kept
+        # per parameter and summed in the group's order in after_group, so that updates one
+        # parameter at a time (in backward) give the very same sums as one run over the group.
+        terms = self.__dict__.setdefault("_projection_terms", {}).setdefault(id(group), {})
         weight_decay = group["weight_decay"]
-        step_sq = step_dot_grad = 0.0
-        for before, after, grad in zip(old, params, grads):
+        for old, param, grad in zip(before, params, grads):
             if weight_decay != 0:
-                grad = grad + weight_decay * before
-            sq, dot = projection_terms(_real(before), _real(after), _real(grad), ops=torch)
-            step_sq += float(sq)
-            step_dot_grad += float(dot)
+                grad = grad + weight_decay * old
+            sq, dot = projection_terms(_real(old), _real(param), _real(grad), ops=torch)
+            terms[id(param)] = (float(sq), float(dot))
+
+    def after_group(self, group: dict[str, Any]) -> None:
+        terms = self.__dict__.get("_projection_terms", {}).pop(id(group), None)
+        if not terms:
+            return  # no Adam step for this group in this step
+        step_sq = step_dot_grad = 0.0
+        for param in group["params"]:
+            if id(param) in terms:
+                sq, dot = terms[id(param)]
+                step_sq += sq
+                step_dot_grad += dot
 
         beta1, beta2 = group["betas"]
         k = group["adam_step"] + 1
@@ -187,7 +191,7 @@ class SWATS(RuleOptimizer):
                 f"learning-rate estimate ({sgd_lr!r}); the SGD phase uses lr=0 and will not move "
                 "(switch later, or let the criterion decide)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=5,  # the caller of step(): _switch, after_group, step, its wrapper
             )
             sgd_lr = 0.0
         group["switch_step"] = group["adam_step"]
@@ -196,11 +200,3 @@ class SWATS(RuleOptimizer):
         # Algorithm 1, then v = beta1 * 0 + g), and Adam's moments are no longer needed.
         for param in group["params"]:
             self.state.pop(param, None)
-
-    def _sgd_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        grads = [p.grad for p in params]
-        states = [self.state.get(p) or {} for p in params]
-        execution.per_tensor(sgd, params, grads, states, self.sgd_hyperparameters(group))
-        for param, state in zip(params, states):
-            if state:
-                self.state[param] = state
