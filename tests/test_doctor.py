@@ -15,13 +15,8 @@ needs_compiler = pytest.mark.skipif(native.compiler() is None or not hasattr(os,
 
 
 @pytest.fixture
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "_kernels", {})
-    monkeypatch.setattr(native, "_unavailable", [])
-    monkeypatch.setattr(native, "_private", [])
-    monkeypatch.delenv("SGDLAB_NATIVE", raising=False)
-    monkeypatch.setenv("SGDLAB_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "kernels"
+def cache(fresh_native):
+    return fresh_native
 
 
 def doctor(capsys) -> tuple[int, str]:

@@ -99,17 +99,6 @@ def result(child: subprocess.Popen) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.fixture
-def fresh_native(monkeypatch, tmp_path):
-    """This process's C path as if just imported, with its cache under tmp_path."""
-    monkeypatch.setattr(native, "_kernels", {})
-    monkeypatch.setattr(native, "_unavailable", [])
-    monkeypatch.setattr(native, "_private", [])
-    monkeypatch.delenv("SGDLAB_NATIVE", raising=False)
-    monkeypatch.setenv("SGDLAB_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "kernels"
-
-
 def cached_libraries(directory: Path) -> list[Path]:
     return sorted(directory.glob("step_*.so"))
 
