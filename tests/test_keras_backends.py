@@ -45,44 +45,42 @@ def _summary(output):
     return output.strip().splitlines()[-1]
 
 
-@pytest.mark.keras
-@pytest.mark.tensorflow
-@pytest.mark.skipif(
-    importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None,
-    reason="needs keras and tensorflow (pip install 'sgdlab[keras]' tensorflow-cpu)",
-)
+def _on_backend(backend, install):
+    """Marks (keras, the backend's marker) and a skip where keras or the backend is missing."""
+    missing = importlib.util.find_spec("keras") is None or importlib.util.find_spec(backend) is None
+
+    def mark(test):
+        for decorator in (pytest.mark.skipif(missing, reason=f"needs keras and {backend} "
+                                             f"(pip install 'sgdlab[keras]' {install})"),
+                          getattr(pytest.mark, backend), pytest.mark.keras):
+            test = decorator(test)
+        return test
+
+    return mark
+
+
+on_tensorflow = _on_backend("tensorflow", "tensorflow-cpu")
+on_jax = _on_backend("jax", "jax")
+
+
+@on_tensorflow
 def test_keras_optimizers_on_the_tensorflow_backend():
     _run_keras_tests_on("tensorflow")
 
 
-@pytest.mark.keras
-@pytest.mark.tensorflow
-@pytest.mark.skipif(
-    importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None,
-    reason="needs keras and tensorflow (pip install 'sgdlab[keras]' tensorflow-cpu)",
-)
+@on_tensorflow
 def test_keras_own_optimizer_tests_pass_on_the_tensorflow_backend():
     output = _run_keras_tests_on("tensorflow", "tests/test_conformance_keras.py")
     # All of them run there, the sparse-gradient (tf.IndexedSlices) test too.
     assert "skipped" not in _summary(output), _summary(output)
 
 
-@pytest.mark.keras
-@pytest.mark.jax
-@pytest.mark.skipif(
-    importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None,
-    reason="needs keras and jax (pip install 'sgdlab[keras]' jax)",
-)
+@on_jax
 def test_keras_optimizers_on_the_jax_backend():
     _run_keras_tests_on("jax")
 
 
-@pytest.mark.keras
-@pytest.mark.jax
-@pytest.mark.skipif(
-    importlib.util.find_spec("keras") is None or importlib.util.find_spec("jax") is None,
-    reason="needs keras and jax (pip install 'sgdlab[keras]' jax)",
-)
+@on_jax
 def test_keras_own_optimizer_tests_pass_on_the_jax_backend():
     _run_keras_tests_on("jax", "tests/test_conformance_keras.py")
 
