@@ -1,0 +1,502 @@
+"""Vectorized populations: the runs of one optimizer (its seeds, and the specs of a sweep that
+differ only in hyperparameters such as the learning rate) trained as one model in one loop.
+
+The members' parameters are stacked along a leading *population* axis (``torch.func``:
+``functional_call`` under ``vmap`` runs the forward and backward of every member at once, each on
+its own mini-batches, in its own data order). The update is the optimizer's own pure rule from
+:mod:`sgdlab.algorithms`, called once on the stacked tensors: hyperparameters that all members
+share stay Python numbers (the same code path as one run), those that differ become tensors shaped
+``[members, 1, ...]`` that broadcast along the population axis. An elementwise rule applied to
+stacked tensors is exactly one step per member, so nothing about the math is rewritten here.
+
+What a member produces is what :func:`sgdlab.lab.runner.train_run` produces for it: the same
+records (the numbers agree to float tolerance, since batched kernels sum in another order), the
+same checkpoint file, in the same format (a population resumes from one-at-a-time checkpoints
+and the other way round). A member whose loss becomes NaN or infinite is recorded as diverged
+and leaves the population; the others go on.
+
+What cannot be vectorized runs one at a time, as before, and says so once: optimizers whose rule
+is not elementwise or that act on a whole group between steps (SAM, SWATS, schedule-free,
+torch.optim classes), compact state, and models ``vmap`` cannot trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from sgdlab.lab import runner
+from sgdlab.lab.runner import DIVERGED, FINISHED, Budget, RunResult, run_id
+from sgdlab.lab.specs import STATE_KEYS, OptimizerSpec
+from sgdlab.lab.tasks import Task
+
+# Which rules may run on a population, and which of their hyperparameters may differ between the
+# members of one (as tensors along the population axis; the others must be equal, because the
+# rules branch on them in Python, e.g. ``if weight_decay != 0``). Kept in this one table until
+# sgdlab.algorithms declares each rule's capabilities (its ``elementwise`` flag); then
+# ``_axis_hyperparameters`` reads the declaration instead.
+_ELEMENTWISE: dict[str, tuple[str, ...]] = {
+    "sgdlab.algorithms.sgd.sgd": ("lr", "dampening"),
+    "sgdlab.algorithms.adam.adam": ("lr", "beta1", "beta2", "eps"),
+}
+
+
+def _axis_hyperparameters(rule: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The hyperparameters of ``rule`` that may vary along the population axis; None when the
+    rule cannot run on a population at all."""
+    return _ELEMENTWISE.get(f"{rule.__module__}.{rule.__qualname__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    spec: OptimizerSpec
+    seed: int
+    checkpoint: str | None = None
+
+
+def _probe_optimizer(spec: OptimizerSpec, task: Task) -> tuple[Any, str | None]:
+    """The spec's optimizer on a dummy parameter, and why it cannot run in a population (None: it can)."""
+    from sgdlab.optim.base import RuleOptimizer
+
+    if any(key in spec.hyperparameters for key in STATE_KEYS):
+        return None, "compact optimizer state"
+    optimizer = spec.build([torch.zeros(2, requires_grad=True)], task)
+    if not isinstance(optimizer, RuleOptimizer):
+        return None, "not an sgdlab rule"
+    if type(optimizer).has_group_hooks or len(optimizer.param_groups) != 1:
+        return None, "steps a whole group at once"
+    group = optimizer.param_groups[0]
+    if _axis_hyperparameters(optimizer.rule_for(group)) is None:
+        return None, "its rule is not elementwise"
+    if group.get("differentiable") or group.get("state_dtype") is not None:
+        return None, "differentiable or compact"
+    if any(torch.is_tensor(v) for v in optimizer.rule_hyperparameters(group).values()):
+        return None, "tensor hyperparameters"
+    return optimizer, None
+
+
+def population_key(spec: OptimizerSpec, task: Task) -> tuple[Any, ...] | None:
+    """Specs with equal keys train in one population (None: this spec runs one at a time). The key
+    holds everything but the hyperparameters that may differ along the population axis."""
+    optimizer, reason = _probe_optimizer(spec, task)
+    if reason is not None:
+        return None
+    group = optimizer.param_groups[0]
+    axis = _axis_hyperparameters(optimizer.rule_for(group))
+    fixed = sorted((k, repr(v)) for k, v in optimizer.rule_hyperparameters(group).items() if k not in axis)
+    return (type(optimizer).__qualname__, spec.full_batch, tuple(fixed))
+
+
+def why_not(spec: OptimizerSpec, task: Task) -> str | None:
+    return _probe_optimizer(spec, task)[1]
+
+
+_TRACEABLE: dict[tuple[str, str], str | None] = {}
+
+
+def model_problem(task: Task) -> str | None:
+    """Why ``vmap`` cannot train the task's model (None: it can), found with one tiny step of a
+    two-member population; remembered per task."""
+    key = (task.name, task.fingerprint())
+    if key not in _TRACEABLE:
+        try:
+            models = []
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                models.append(task.model())
+            net = _Net(task, models)
+            index = torch.arange(min(2, task.n_train))
+            losses = net.losses(net.params(), task.x_train[index].expand(2, *task.x_train[index].shape),
+                                task.y_train[index].expand(2, *task.y_train[index].shape), batched=True)
+            torch.autograd.grad(losses.sum(), list(net.stacked.values()))
+            _TRACEABLE[key] = None
+        except Exception as error:  # noqa: BLE001 - any failure means: one at a time
+            _TRACEABLE[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+    return _TRACEABLE[key]
+
+
+class _Net:
+    """The members' models as one: stacked parameters and buffers, a vmapped forward and loss."""
+
+    def __init__(self, task: Task, models: Sequence[torch.nn.Module]) -> None:
+        self.task = task
+        self.base = models[0]
+        self.names = [name for name, _ in self.base.named_parameters()]
+        self.stacked = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+                        .requires_grad_() for name in self.names}
+        self.buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in models])
+                        for name, _ in self.base.named_buffers()}
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return self.stacked
+
+    def _forward(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.base, (params, buffers), (x,))
+
+    def losses(self, params: dict, x: torch.Tensor, y: torch.Tensor, batched: bool) -> torch.Tensor:
+        """Each member's mean loss on its batch (``x``: ``[members, batch, ...]`` when ``batched``,
+        else one batch for all)."""
+        dim = 0 if batched else None
+
+        def member_loss(p, b, xb, yb):
+            return self.task.loss(self._forward(p, b, xb), yb)
+
+        return torch.func.vmap(member_loss, in_dims=(0, 0, dim, dim))(params, self.buffers, x, y)
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """The outputs on ``x`` of the members at ``indices`` (in eval mode), ``[members, len(x), ...]``."""
+        chunk = max(256, runner._EVAL_CHUNK // len(indices))
+        pick = torch.tensor(indices, dtype=torch.long)
+        forward = torch.func.vmap(self._forward, in_dims=(0, 0, None))
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            params = {k: v.detach()[pick] for k, v in self.stacked.items()}
+            buffers = {k: v[pick] for k, v in self.buffers.items()}
+            return torch.cat([forward(params, buffers, x[i : i + chunk]) for i in range(0, len(x), chunk)],
+                             dim=1)
+        finally:
+            self.base.train(was_training)
+
+    def keep(self, alive: torch.Tensor) -> None:
+        """Drop the members not in ``alive`` (indices into the current stack)."""
+        self.stacked = {k: v.detach()[alive].requires_grad_() for k, v in self.stacked.items()}
+        self.buffers = {k: v[alive] for k, v in self.buffers.items()}
+
+
+@dataclasses.dataclass
+class _State:
+    """One member's bookkeeping, as train_run keeps it."""
+
+    member: Member
+    rid: str
+    model: torch.nn.Module
+    optimizer: Any
+    shuffle: torch.Generator
+    epoch: int = 0
+    step: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    records: list = dataclasses.field(default_factory=list)
+    status: str | None = None
+    error: str | None = None
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        return (self.epoch, self.step, self.examples)
+
+
+def _fresh(task: Task, member: Member, rid: str) -> _State:
+    torch.manual_seed(member.seed)  # as train_run: the initial weights depend on the seed only
+    model = task.model()
+    optimizer = member.spec.build(model.parameters(), task)
+    return _State(member, rid, model, optimizer, torch.Generator().manual_seed(member.seed))
+
+
+def _load(task: Task, member: Member, rid: str) -> _State:
+    """The member's state from its checkpoint (train_run's format), or a fresh one."""
+    state = _fresh(task, member, rid)
+    path = Path(member.checkpoint) if member.checkpoint else None
+    if path is None or not path.exists():
+        return state
+    try:
+        saved = torch.load(path, weights_only=False)
+        state.records, state.status, state.error = saved["records"], saved["status"], saved.get("error")
+        if state.status is None:
+            state.model.load_state_dict(saved["model"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.shuffle.set_state(saved["shuffle"])
+            state.epoch, state.step = saved["epoch"], saved["step"]
+            state.examples, state.seconds = saved["examples"], saved["seconds"]
+        return state
+    except Exception as error:  # noqa: BLE001 - as train_run: set the damaged file aside, start over
+        aside = runner.set_aside(path)
+        runner._warn(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); moved to "
+                     f"{aside.name}, the run starts over")
+        return _fresh(task, member, rid)
+
+
+def train_population(
+    task: Task,
+    members: Sequence[Member],
+    *,
+    epochs: int | None = None,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    batch_size: int | None = None,
+    on_eval: Callable[[dict[str, Any]], Any] | None = None,
+    on_progress: Callable[[tuple[str, int], float], Any] | None = None,
+) -> list[RunResult]:
+    """Train ``members``: those of one :func:`population_key` as one population, the others one at
+    a time with :func:`train_run`. One :class:`RunResult` per member, in order, equal (to float
+    tolerance) to what :func:`train_run` gives each.
+
+    ``on_eval(record)`` is called for every record of every member; ``on_progress((label, seed),
+    fraction)`` as the budget is used. Members resumed from checkpoints at different points train
+    as separate populations, one after the other.
+    """
+    budget = Budget(epochs, steps, time_budget).resolve(task)
+    results: dict[int, RunResult] = {}
+    groups: dict[Any, list[int]] = {}
+    for i, m in enumerate(members):
+        key = population_key(m.spec, task) if model_problem(task) is None else None
+        groups.setdefault(key if key is not None else ("alone", i), []).append(i)
+    for key, indices in groups.items():
+        if key[0] == "alone":
+            m = members[indices[0]]
+            results[indices[0]] = runner.train_run(
+                task, m.spec, m.seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
+                batch_size=batch_size, checkpoint=m.checkpoint, on_eval=on_eval,
+                on_progress=None if on_progress is None else
+                (lambda f, label=(m.spec.label, m.seed): on_progress(label, f)))
+            continue
+        batch = task.n_train if members[indices[0]].spec.full_batch else int(batch_size or task.batch_size)
+        if batch < 1:
+            raise ValueError(f"batch_size={batch} (expected >= 1)")
+        states = [_load(task, members[i], run_id(task, members[i].spec, members[i].seed, budget, batch))
+                  for i in indices]
+        pending = [s for s in states if s.status is None]
+        while pending:
+            position = pending[0].position
+            now = [s for s in pending if s.position == position]
+            _train(task, now, budget, batch, on_eval, on_progress)
+            pending = [s for s in pending if s.status is None and s not in now]
+        for i, s in zip(indices, states):
+            results[i] = RunResult(s.rid, s.member.spec.label, s.member.seed, s.status, s.records, s.error)
+    return [results[i] for i in range(len(members))]
+
+
+def _stack_state(states: list[_State], net: _Net, group: dict) -> dict[str, dict[str, Any]]:
+    """The optimizer state per parameter name, stacked along the population axis."""
+    out = {}
+    for name in net.names:
+        params = [dict(s.model.named_parameters())[name] for s in states]
+        saved = [s.optimizer.state.get(p, {}) for s, p in zip(states, params)]
+        stacked_param = net.stacked[name].detach()
+        if not any(saved):
+            out[name] = states[0].optimizer.init_state(stacked_param, group)
+            continue
+        entry = {}
+        for key in saved[0]:
+            values = [entry_[key] for entry_ in saved]
+            if torch.is_tensor(values[0]) and values[0].shape == params[0].shape:
+                entry[key] = torch.stack(values)
+            else:  # a count shared by all (Adam's step): the members are at the same step
+                entry[key] = values[0].clone() if torch.is_tensor(values[0]) else values[0]
+        out[name] = entry
+    return out
+
+
+def _hyperparameters(states: list[_State], rule: Callable[..., Any]) -> dict[int, dict[str, Any]]:
+    """The rule's keyword arguments per parameter rank: shared values as they are, the others as
+    ``[members, 1, ...]`` tensors."""
+    per_member = [s.optimizer.rule_hyperparameters(s.optimizer.param_groups[0]) for s in states]
+    axis = _axis_hyperparameters(rule) or ()
+    shared, varying = {}, {}
+    for key, value in per_member[0].items():
+        values = [h[key] for h in per_member]
+        if all(v == value for v in values[1:]):
+            shared[key] = value
+        elif key in axis:
+            varying[key] = torch.tensor([float(v) for v in values])
+        else:  # population_key keeps such specs apart; reaching here is a bug
+            raise AssertionError(f"members differ in {key!r}, which cannot vary in a population")
+    return {"shared": shared, "varying": varying}
+
+
+def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval, on_progress) -> None:
+    from sgdlab.optim import torch_ops
+
+    net = _Net(task, [s.model for s in states])
+    group = states[0].optimizer.param_groups[0]
+    rule = states[0].optimizer.rule_for(group)
+    pop = _Population(net, list(states), _stack_state(states, net, group), _hyperparameters(states, rule))
+    clock = _Clock(*states[0].position, states[0].seconds)
+
+    def record(s: _State, evaluated, diverged: bool, partial: float | None, seconds: float) -> dict[str, Any]:
+        train_loss, train_metrics, test_loss, test_metrics = evaluated
+        diverged = diverged or not (math.isfinite(train_loss) and math.isfinite(test_loss))
+        spec = s.member.spec
+        entry: dict[str, Any] = {
+            "run": s.rid, "task": task.name, "optimizer": spec.label, "spec": spec.text, "seed": s.member.seed,
+            "epoch": partial if partial is not None else clock.epoch, "step": clock.step,
+            "examples": clock.examples, "time": round(seconds, 6),
+            "train_loss": runner._finite_or_none(train_loss), "test_loss": runner._finite_or_none(test_loss),
+        }
+        entry.update({f"train_{k}": v for k, v in train_metrics.items()})
+        entry.update({f"test_{k}": v for k, v in test_metrics.items()})
+        entry["diverged"] = diverged
+        s.records.append(entry)
+        return entry
+
+    def publish(indices: list[int], diverged: bool, partial: float | None, finishing: bool, seconds: float) -> None:
+        """Evaluate and record the members at ``indices``; end those that are done (and drop them)."""
+        evaluated = _evaluate(task, net, indices)
+        done = []
+        for index, values in zip(indices, evaluated):
+            s = pop.alive[index]
+            entry = record(s, values, diverged, partial, seconds)
+            if entry["diverged"]:
+                s.status = DIVERGED
+            elif finishing:
+                s.status = FINISHED
+            pop.sync(index, clock, seconds)
+            _save(s)
+            if on_progress is not None:
+                on_progress((s.member.spec.label, s.member.seed), budget.fraction(clock.epoch, clock.step, seconds))
+            if on_eval is not None:
+                on_eval(entry)
+            if s.status is not None:
+                done.append(index)
+        pop.drop(done)
+
+    if not states[0].records:
+        publish(list(range(len(pop.alive))), False, None, False, clock.seconds)
+
+    x, y = task.x_train, task.y_train
+    while pop.alive:
+        orders = None
+        if batch < task.n_train:
+            orders = [torch.randperm(task.n_train, generator=s.shuffle) for s in pop.alive]
+        stopped_early = False
+        start = time.perf_counter()
+        for first in range(0, task.n_train, batch):
+            if orders is not None:
+                index = torch.stack([order[first : first + batch] for order in orders])
+                xb, yb, batched = x[index], y[index], True
+            else:
+                xb, yb, batched = x, y, False
+            losses = net.losses(net.stacked, xb, yb, batched)
+            grads = torch.autograd.grad(losses.sum(), [net.stacked[n] for n in net.names])
+            with torch.no_grad():
+                for name, grad in zip(net.names, grads):
+                    param = net.stacked[name].detach()
+                    new_param, pop.opt_state[name] = rule(param, grad, pop.opt_state[name], ops=torch_ops,
+                                                          **pop.arguments(param.dim() - 1))
+                    net.stacked[name] = new_param.requires_grad_()
+            clock.step += 1
+            clock.examples += yb.shape[1] if batched else len(yb)
+            finite = torch.isfinite(losses.detach()).tolist()
+            if not all(finite):
+                # These members end here, as their own runs would (a record of the data seen so
+                # far); the others go on with this epoch, in their own data orders.
+                bad = [i for i, ok in enumerate(finite) if not ok]
+                now = clock.seconds + time.perf_counter() - start
+                publish(bad, True, round(clock.examples / task.n_train, 4), False, now)
+                if orders is not None:
+                    orders = [order for i, order in enumerate(orders) if i not in bad]
+                if not pop.alive:
+                    break
+            if budget.exhausted(clock.epoch, clock.step, clock.seconds + time.perf_counter() - start):
+                stopped_early = first + batch < task.n_train
+                break
+        clock.seconds += time.perf_counter() - start
+        if not pop.alive:
+            break
+        partial = round(clock.examples / task.n_train, 4) if stopped_early else None
+        if partial is None:
+            clock.epoch += 1
+        finishing = partial is not None or budget.exhausted(clock.epoch, clock.step, clock.seconds)
+        publish(list(range(len(pop.alive))), False, partial, finishing, clock.seconds)
+
+
+@dataclasses.dataclass
+class _Clock:
+    """Where the population is in its budget: the same for every member."""
+
+    epoch: int
+    step: int
+    examples: int
+    seconds: float
+
+
+@dataclasses.dataclass
+class _Population:
+    """The members still training, with their stacked optimizer state and hyperparameters."""
+
+    net: _Net
+    alive: list
+    opt_state: dict[str, dict[str, Any]]
+    hyper: dict[str, dict[str, Any]]
+    by_rank: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def arguments(self, rank: int) -> dict[str, Any]:
+        """The rule's keyword arguments for a parameter of ``rank`` dimensions (per member)."""
+        if rank not in self.by_rank:
+            dtype = next(iter(self.net.stacked.values())).dtype
+            self.by_rank[rank] = {**self.hyper["shared"], **{
+                k: v.to(dtype).view(len(self.alive), *([1] * rank)) for k, v in self.hyper["varying"].items()}}
+        return self.by_rank[rank]
+
+    def _per_member(self, name: str, value: Any) -> bool:
+        return (torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == len(self.alive)
+                and value.shape[1:] == self.net.stacked[name].shape[1:])
+
+    def sync(self, index: int, clock: _Clock, seconds: float) -> None:
+        """Copy member ``index`` into its own model and optimizer, for its checkpoint (train_run's
+        format: a population resumes from one-at-a-time checkpoints and the other way round)."""
+        s = self.alive[index]
+        s.epoch, s.step, s.examples, s.seconds = clock.epoch, clock.step, clock.examples, seconds
+        with torch.no_grad():
+            for name, param in s.model.named_parameters():
+                param.copy_(self.net.stacked[name][index])
+                entry = {k: (v[index].clone() if self._per_member(name, v) else
+                             v.clone() if torch.is_tensor(v) else v)
+                         for k, v in self.opt_state[name].items()}
+                if entry:
+                    s.optimizer.state[param] = entry
+            for name, buffer in s.model.named_buffers():
+                buffer.copy_(self.net.buffers[name][index])
+
+    def drop(self, indices: list[int]) -> None:
+        if not indices:
+            return
+        keep = [i for i in range(len(self.alive)) if i not in indices]
+        kept = torch.tensor(keep, dtype=torch.long)
+        self.opt_state = {name: {k: (v[kept] if self._per_member(name, v) else v) for k, v in entry.items()}
+                          for name, entry in self.opt_state.items()}
+        self.hyper["varying"] = {k: v[kept] for k, v in self.hyper["varying"].items()}
+        self.net.keep(kept)
+        self.by_rank.clear()
+        self.alive = [self.alive[i] for i in keep]
+
+
+def _evaluate(task: Task, net: _Net, indices: list[int]) -> list[tuple[float, dict, float, dict]]:
+    """Train and test loss and metrics of the members at ``indices`` (as runner.evaluate)."""
+    results: list[list[Any]] = [[] for _ in indices]
+    for data_x, data_y in ((task.x_train, task.y_train), (task.x_test, task.y_test)):
+        outputs = net.outputs(data_x, indices)
+        for slot, out in enumerate(outputs):
+            results[slot] += [float(task.loss(out, data_y)),
+                              {name: float(fn(out, data_y)) for name, fn in task.metrics.items()}]
+    return [tuple(r) for r in results]
+
+
+def _save(s: _State) -> None:
+    if not s.member.checkpoint:
+        return
+    path = Path(s.member.checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "records": s.records, "status": s.status, "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(), "shuffle": s.shuffle.get_state(),
+        "epoch": s.epoch, "step": s.step, "examples": s.examples, "seconds": s.seconds,
+    }
+    _atomic_save(state, path)
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the rename (as train_run's checkpoints)
+    os.replace(tmp, path)
