@@ -20,6 +20,7 @@ examples:
   sgdlab compare --opt sgd:lr=0.1 --opt momentum:lr=0.01,label=heavy-ball --opt torch.RMSprop:lr=1e-3
   sgdlab compare --opt adamw --opt adamw:state=8bit,label=adamw-8bit   compact (8-bit) optimizer state
   sgdlab compare --list                           tasks and optimizer names
+  sgdlab compare --opt sgd:lr=0.05 --opt sgd:lr=0.1 --opt sgd:lr=0.2 --seeds 1   an lr sweep, one population
 
 A rerun with the same --out skips finished runs and continues interrupted ones.
 """
@@ -47,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="mini-batch size (default: the task's)")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="parallel worker processes (default: the number of usable cores)")
+    parser.add_argument("--no-population", action="store_true",
+                        help="train every run on its own (default: the seeds of an optimizer, and specs that differ "
+                        "only in lr, train as one vectorized population)")
     parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_race(
             task, chosen, seeds=args.seeds, epochs=args.epochs, steps=args.steps, time_budget=args.time_budget,
             batch_size=args.batch_size, workers=workers, out=out, progress=not args.no_progress, console=console,
+            population=not args.no_population,
         )
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")

@@ -96,13 +96,13 @@ def why_not(spec: OptimizerSpec, task: Task) -> str | None:
     return _probe_optimizer(spec, task)[1]
 
 
-_TRACEABLE: dict[tuple[str, str], str | None] = {}
+_TRACEABLE: dict[tuple[str, str, str], str | None] = {}
 
 
 def model_problem(task: Task) -> str | None:
     """Why ``vmap`` cannot train the task's model (None: it can), found with one tiny step of a
     two-member population; remembered per task."""
-    key = (task.name, task.fingerprint())
+    key = (task.name, task.fingerprint(), repr(task.model))
     if key not in _TRACEABLE:
         try:
             models = []
@@ -500,3 +500,78 @@ def _atomic_save(state: dict, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())  # on disk before the rename (as train_run's checkpoints)
     os.replace(tmp, path)
+
+
+# --- races: which runs train together ---------------------------------------------------------------
+
+Job = tuple[OptimizerSpec, int]
+
+# More members than this in one population only add memory: per-member throughput stops improving
+# well before (measured in docs/lab/scale.md).
+MAX_MEMBERS = 32
+
+
+def plan(task: Task, jobs: Sequence[Job], *, workers: int = 1, enabled: bool = True) -> tuple[list[list[Job]], list[str]]:
+    """The race's ``jobs`` as units of work: populations (lists of several jobs) and single runs,
+    plus one line for each reason some runs train one at a time. A population is split until
+    there are at least ``workers`` units (or no population left to split), so that every worker
+    has one."""
+    if not enabled:
+        return [[job] for job in jobs], []
+    problem = model_problem(task)
+    if problem is not None:
+        return [[job] for job in jobs], [
+            f"runs train one at a time: torch.func.vmap cannot train the model of task {task.name!r} ({problem})"]
+    groups: dict[Any, list[Job]] = {}
+    alone: dict[str, list[str]] = {}
+    for spec, seed in jobs:
+        key = population_key(spec, task)
+        if key is None:
+            alone.setdefault(why_not(spec, task) or "", [])
+            if spec.label not in alone[why_not(spec, task) or ""]:
+                alone[why_not(spec, task) or ""].append(spec.label)
+            groups[("alone", spec.label, seed)] = [(spec, seed)]
+        else:
+            groups.setdefault(key, []).append((spec, seed))
+    units = []
+    for members in groups.values():
+        for first in range(0, len(members), MAX_MEMBERS):
+            units.append(members[first : first + MAX_MEMBERS])
+    while len(units) < workers:
+        largest = max(units, key=len)
+        if len(largest) < 2:
+            break
+        units.remove(largest)
+        half = (len(largest) + 1) // 2
+        units += [largest[:half], largest[half:]]
+    notes = [f"{', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time (not vectorizable: "
+             f"{reason})" for reason, labels in alone.items()]
+    return units, notes
+
+
+def run_unit(task: Task, unit: Sequence[Job], budget: Budget, batch_size: int | None, checkpoints: Sequence[str | None],
+             on_eval: Callable[[dict[str, Any]], Any], on_progress: Callable[[tuple[str, int], float], Any]) -> list[RunResult]:
+    """Run one unit of :func:`plan`: a single run as :func:`sgdlab.lab.runner.train_run` does, a
+    population with :func:`train_population`. A population that fails for any reason is rerun one
+    member at a time (each resumes from its own checkpoint), so a bug here costs time, not runs."""
+    if len(unit) > 1:
+        try:
+            return train_population(
+                task, [Member(spec, seed, ckpt) for (spec, seed), ckpt in zip(unit, checkpoints)],
+                epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget, batch_size=batch_size,
+                on_eval=on_eval, on_progress=on_progress)
+        except Exception as error:  # noqa: BLE001 - fall back, and say why
+            runner._warn(f"a population of {unit[0][0].label} failed ({type(error).__name__}: {error}); "
+                         "its runs continue one at a time")
+    return [runner._guarded_run(task, spec, seed, budget, batch_size, ckpt, on_eval,
+                                lambda f, key=(spec.label, seed): on_progress(key, f))
+            for (spec, seed), ckpt in zip(unit, checkpoints)]
+
+
+def worker_unit_job(unit: Sequence[Job], budget: Budget, batch_size: int | None,
+                    checkpoints: Sequence[str | None]) -> list[RunResult]:
+    """:func:`run_unit` in a race's worker process (its task and message queue set up by the pool)."""
+    task, queue = runner._WORKER["task"], runner._WORKER["queue"]
+    return run_unit(task, unit, budget, batch_size, checkpoints,
+                    on_eval=lambda r: queue.put(("eval", r)),
+                    on_progress=lambda key, f: queue.put(("progress", key, f)))
