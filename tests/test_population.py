@@ -64,9 +64,8 @@ def max_difference(a, b):
 
 
 @pytest.mark.parametrize("texts", [
-    ["momentum", "nesterov:lr=0.05"],
-    ["adam", "adamw:lr=0.003", "amsgrad"],
-    ["gd", "sgd:lr=0.05", "sgd:lr=0.2,label=fast"],
+    ["momentum", "nesterov:lr=0.05", "adam", "adamw:lr=0.003", "amsgrad"],
+    ["gd", "sgd:lr=0.05", "sgd:lr=0.2,label=fast", "sgdw"],
 ])
 def test_population_gives_the_runs_of_one_at_a_time(texts):
     task = tiny_task()
@@ -83,17 +82,18 @@ def test_members_that_differ_only_in_lr_train_as_one_population():
     units, notes = plan(task, jobs)
     assert [len(unit) for unit in units] == [4] and notes == []
     assert [len(unit) for unit in plan(task, jobs, workers=2)[0]] == [2, 2]  # one per worker
-    # Momentum differs: the rule branches on it, so these are two populations.
-    units, _ = plan(task, [(parse_spec("sgd"), 0), (parse_spec("momentum"), 0), (parse_spec("sgd"), 1)])
-    assert sorted(len(unit) for unit in units) == [1, 2]
+    # Different optimizers share the model evaluations (each group updates its own members);
+    # full-batch specs see other batches, so they are a population of their own.
+    units, _ = plan(task, [(parse_spec(t), seed) for t in ("sgd", "momentum", "adam", "gd") for seed in (0, 1)])
+    assert sorted(len(unit) for unit in units) == [2, 6]
 
 
 def test_a_diverging_member_is_recorded_as_diverged_and_the_others_go_on():
     task = tiny_task()
     members = [Member(parse_spec("sgd:lr=0.1"), 0), Member(parse_spec("sgd:lr=inf,label=huge"), 0),
-               Member(parse_spec("sgd:lr=0.05"), 1)]
+               Member(parse_spec("adam"), 1), Member(parse_spec("sgd:lr=0.05"), 1)]
     together = train_population(task, members, epochs=3)
-    assert [r.status for r in together] == ["finished", "diverged", "finished"]
+    assert [r.status for r in together] == ["finished", "diverged", "finished", "finished"]
     assert together[1].final["diverged"] and together[1].final["epoch"] < 1  # mid-epoch: the others finish it
     for member, result in zip(members, together):
         assert max_difference(result, train_run(task, member.spec, member.seed, epochs=3)) < TOLERANCE
@@ -135,7 +135,7 @@ def test_what_cannot_be_vectorized_runs_one_at_a_time_and_says_so_once():
     task = tiny_task()
     jobs = [(parse_spec(t), seed) for t in ("swats", "torch.RMSprop:lr=0.01", "sgd") for seed in (0, 1)]
     units, notes = plan(task, jobs)
-    assert sorted(len(unit) for unit in units) == [1, 1, 1, 1, 2]
+    assert sorted(len(unit) for unit in units) == [1, 1, 1, 1, 2]  # the two sgd runs together
     assert len(notes) == 2 and any("swats" in n for n in notes) and any("torch.RMSprop" in n for n in notes)
     untraceable = tiny_task(model=functools.partial(NotTraceable, 8, 3))
     assert model_problem(untraceable) is not None

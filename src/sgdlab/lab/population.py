@@ -243,11 +243,14 @@ def train_population(
     """
     budget = Budget(epochs, steps, time_budget).resolve(task)
     results: dict[int, RunResult] = {}
-    groups: dict[Any, list[int]] = {}
+    batches: dict[Any, list[int]] = {}
+    traceable = model_problem(task) is None
     for i, m in enumerate(members):
-        key = population_key(m.spec, task) if model_problem(task) is None else None
-        groups.setdefault(key if key is not None else ("alone", i), []).append(i)
-    for key, indices in groups.items():
+        key = population_key(m.spec, task) if traceable else None
+        # One population per batch size (full-batch specs see other batches); inside it, one
+        # optimizer group per population_key.
+        batches.setdefault(("together", m.spec.full_batch) if key is not None else ("alone", i), []).append(i)
+    for key, indices in batches.items():
         if key[0] == "alone":
             m = members[indices[0]]
             results[indices[0]] = runner.train_run(
@@ -256,7 +259,7 @@ def train_population(
                 on_progress=None if on_progress is None else
                 (lambda f, label=(m.spec.label, m.seed): on_progress(label, f)))
             continue
-        batch = task.n_train if members[indices[0]].spec.full_batch else int(batch_size or task.batch_size)
+        batch = task.n_train if key[1] else int(batch_size or task.batch_size)
         if batch < 1:
             raise ValueError(f"batch_size={batch} (expected >= 1)")
         states = [_load(task, members[i], run_id(task, members[i].spec, members[i].seed, budget, batch))
@@ -272,13 +275,14 @@ def train_population(
     return [results[i] for i in range(len(members))]
 
 
-def _stack_state(states: list[_State], net: _Net, group: dict) -> dict[str, dict[str, Any]]:
+def _stack_state(states: list[_State], stacked: dict[str, torch.Tensor], names: list[str],
+                 group: dict) -> dict[str, dict[str, Any]]:
     """The optimizer state per parameter name, stacked along the population axis."""
     out = {}
-    for name in net.names:
+    for name in names:
         params = [dict(s.model.named_parameters())[name] for s in states]
         saved = [s.optimizer.state.get(p, {}) for s, p in zip(states, params)]
-        stacked_param = net.stacked[name].detach()
+        stacked_param = stacked[name]
         if not any(saved):
             out[name] = states[0].optimizer.init_state(stacked_param, group)
             continue
@@ -313,10 +317,20 @@ def _hyperparameters(states: list[_State], rule: Callable[..., Any]) -> dict[int
 def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval, on_progress) -> None:
     from sgdlab.optim import torch_ops
 
+    by_key: dict[Any, list[_State]] = {}
+    for s in states:
+        by_key.setdefault(population_key(s.member.spec, task), []).append(s)
+    states = [s for members in by_key.values() for s in members]  # each group's members side by side
     net = _Net(task, [s.model for s in states])
-    group = states[0].optimizer.param_groups[0]
-    rule = states[0].optimizer.rule_for(group)
-    pop = _Population(net, list(states), _stack_state(states, net, group), _hyperparameters(states, rule))
+    groups, first = [], 0
+    for members in by_key.values():
+        group = members[0].optimizer.param_groups[0]
+        rule = members[0].optimizer.rule_for(group)
+        view = {name: stacked.detach()[first : first + len(members)] for name, stacked in net.stacked.items()}
+        groups.append(_Group(rule, members, _stack_state(members, view, net.names, group),
+                             _hyperparameters(members, rule)))
+        first += len(members)
+    pop = _Population(net, groups)
     clock = _Clock(*states[0].position, states[0].seconds)
 
     def record(s: _State, evaluated, diverged: bool, partial: float | None, seconds: float) -> dict[str, Any]:
@@ -376,10 +390,7 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
             grads = torch.autograd.grad(losses.sum(), [net.stacked[n] for n in net.names])
             with torch.no_grad():
                 for name, grad in zip(net.names, grads):
-                    param = net.stacked[name].detach()
-                    new_param, pop.opt_state[name] = rule(param, grad, pop.opt_state[name], ops=torch_ops,
-                                                          **pop.arguments(param.dim() - 1))
-                    net.stacked[name] = new_param.requires_grad_()
+                    net.stacked[name] = pop.update(name, net.stacked[name].detach(), grad, torch_ops).requires_grad_()
             clock.step += 1
             clock.examples += yb.shape[1] if batched else len(yb)
             finite = torch.isfinite(losses.detach()).tolist()
@@ -417,38 +428,78 @@ class _Clock:
 
 
 @dataclasses.dataclass
-class _Population:
-    """The members still training, with their stacked optimizer state and hyperparameters."""
+class _Group:
+    """The members of one optimizer configuration (one :func:`population_key`): their rule, their
+    stacked optimizer state and their hyperparameters. They sit side by side in the population."""
 
-    net: _Net
+    rule: Callable[..., Any]
     alive: list
     opt_state: dict[str, dict[str, Any]]
     hyper: dict[str, dict[str, Any]]
     by_rank: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    def arguments(self, rank: int) -> dict[str, Any]:
+    def arguments(self, rank: int, dtype: torch.dtype) -> dict[str, Any]:
         """The rule's keyword arguments for a parameter of ``rank`` dimensions (per member)."""
         if rank not in self.by_rank:
-            dtype = next(iter(self.net.stacked.values())).dtype
             self.by_rank[rank] = {**self.hyper["shared"], **{
                 k: v.to(dtype).view(len(self.alive), *([1] * rank)) for k, v in self.hyper["varying"].items()}}
         return self.by_rank[rank]
 
-    def _per_member(self, name: str, value: Any) -> bool:
+    def per_member(self, value: Any, shape: torch.Size) -> bool:
         return (torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == len(self.alive)
-                and value.shape[1:] == self.net.stacked[name].shape[1:])
+                and value.shape[1:] == shape)
+
+    def keep(self, keep: list[int], shapes: dict[str, torch.Size]) -> None:
+        kept = torch.tensor(keep, dtype=torch.long)
+        self.opt_state = {name: {k: (v[kept] if self.per_member(v, shapes[name]) else v) for k, v in entry.items()}
+                          for name, entry in self.opt_state.items()}
+        self.hyper["varying"] = {k: v[kept] for k, v in self.hyper["varying"].items()}
+        self.by_rank.clear()
+        self.alive = [self.alive[i] for i in keep]
+
+
+@dataclasses.dataclass
+class _Population:
+    """The members still training: one stacked model, and the optimizer groups that update it."""
+
+    net: _Net
+    groups: list[_Group]
+
+    @property
+    def alive(self) -> list:
+        return [s for group in self.groups for s in group.alive]
+
+    def _locate(self, index: int) -> tuple[_Group, int]:
+        for group in self.groups:
+            if index < len(group.alive):
+                return group, index
+            index -= len(group.alive)
+        raise IndexError(index)
+
+    def update(self, name: str, param: torch.Tensor, grad: torch.Tensor, ops: Any) -> torch.Tensor:
+        """One step of every group's rule on its members' slice of the stacked parameter ``name``."""
+        pieces, first = [], 0
+        for group in self.groups:
+            last = first + len(group.alive)
+            new, group.opt_state[name] = group.rule(
+                param[first:last], grad[first:last], group.opt_state[name], ops=ops,
+                **group.arguments(param.dim() - 1, param.dtype))
+            pieces.append(new)
+            first = last
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def sync(self, index: int, clock: _Clock, seconds: float) -> None:
         """Copy member ``index`` into its own model and optimizer, for its checkpoint (train_run's
         format: a population resumes from one-at-a-time checkpoints and the other way round)."""
-        s = self.alive[index]
+        group, local = self._locate(index)
+        s = group.alive[local]
         s.epoch, s.step, s.examples, s.seconds = clock.epoch, clock.step, clock.examples, seconds
         with torch.no_grad():
             for name, param in s.model.named_parameters():
                 param.copy_(self.net.stacked[name][index])
-                entry = {k: (v[index].clone() if self._per_member(name, v) else
+                entry = {k: (v[local].clone() if group.per_member(v, param.shape) else
                              v.clone() if torch.is_tensor(v) else v)
-                         for k, v in self.opt_state[name].items()}
+                         for k, v in group.opt_state[name].items()}
                 if entry:
                     s.optimizer.state[param] = entry
             for name, buffer in s.model.named_buffers():
@@ -457,14 +508,15 @@ class _Population:
     def drop(self, indices: list[int]) -> None:
         if not indices:
             return
+        shapes = {name: value.shape[1:] for name, value in self.net.stacked.items()}
         keep = [i for i in range(len(self.alive)) if i not in indices]
-        kept = torch.tensor(keep, dtype=torch.long)
-        self.opt_state = {name: {k: (v[kept] if self._per_member(name, v) else v) for k, v in entry.items()}
-                          for name, entry in self.opt_state.items()}
-        self.hyper["varying"] = {k: v[kept] for k, v in self.hyper["varying"].items()}
-        self.net.keep(kept)
-        self.by_rank.clear()
-        self.alive = [self.alive[i] for i in keep]
+        first = 0
+        for group in self.groups:
+            size = len(group.alive)
+            group.keep([i - first for i in keep if first <= i < first + size], shapes)
+            first += size
+        self.groups = [group for group in self.groups if group.alive]
+        self.net.keep(torch.tensor(keep, dtype=torch.long))
 
 
 def _evaluate(task: Task, net: _Net, indices: list[int]) -> list[tuple[float, dict, float, dict]]:
@@ -511,11 +563,12 @@ Job = tuple[OptimizerSpec, int]
 MAX_MEMBERS = 32
 
 
-def plan(task: Task, jobs: Sequence[Job], *, workers: int = 1, enabled: bool = True) -> tuple[list[list[Job]], list[str]]:
-    """The race's ``jobs`` as units of work: populations (lists of several jobs) and single runs,
-    plus one line for each reason some runs train one at a time. A population is split until
-    there are at least ``workers`` units (or no population left to split), so that every worker
-    has one."""
+def plan(task: Task, jobs: Sequence[Job], *, workers: int = 1, enabled: bool = True,
+         batch_size: int | None = None) -> tuple[list[list[Job]], list[str]]:
+    """The race's ``jobs`` as units of work: populations (lists of several jobs, of one batch size:
+    their optimizers may differ, each updates its own members) and single runs, plus one line for
+    each reason some runs train one at a time. Populations are split until there are ``workers``
+    units of about equal work (or nothing left to split), longest first."""
     if not enabled:
         return [[job] for job in jobs], []
     problem = model_problem(task)
@@ -525,25 +578,31 @@ def plan(task: Task, jobs: Sequence[Job], *, workers: int = 1, enabled: bool = T
     groups: dict[Any, list[Job]] = {}
     alone: dict[str, list[str]] = {}
     for spec, seed in jobs:
-        key = population_key(spec, task)
-        if key is None:
-            alone.setdefault(why_not(spec, task) or "", [])
-            if spec.label not in alone[why_not(spec, task) or ""]:
-                alone[why_not(spec, task) or ""].append(spec.label)
+        reason = why_not(spec, task)
+        if reason is not None:
+            labels = alone.setdefault(reason, [])
+            if spec.label not in labels:
+                labels.append(spec.label)
             groups[("alone", spec.label, seed)] = [(spec, seed)]
-        else:
-            groups.setdefault(key, []).append((spec, seed))
-    units = []
-    for members in groups.values():
-        for first in range(0, len(members), MAX_MEMBERS):
-            units.append(members[first : first + MAX_MEMBERS])
-    while len(units) < workers:
-        largest = max(units, key=len)
-        if len(largest) < 2:
+        else:  # every optimizer of one batch size shares the model evaluations
+            groups.setdefault(("together", spec.full_batch), []).append((spec, seed))
+
+    def cost(unit: list[Job]) -> float:  # steps per epoch, the work of a member
+        return sum(1 if spec.full_batch else task.n_train / (batch_size or task.batch_size) for spec, _ in unit)
+
+    units = [members[first : first + MAX_MEMBERS] for members in groups.values()
+             for first in range(0, len(members), MAX_MEMBERS)]
+    share = sum(cost(unit) for unit in units) / max(1, workers)
+    # Split the largest unit until every worker has one and none is much more than its share
+    # (fewer, larger populations batch better: stop as soon as the work is spread).
+    while True:
+        largest = max(units, key=cost)
+        if len(largest) < 2 or (len(units) >= workers and cost(largest) <= 1.25 * share):
             break
         units.remove(largest)
         half = (len(largest) + 1) // 2
         units += [largest[:half], largest[half:]]
+    units.sort(key=cost, reverse=True)  # the longest first: a pool takes them in order
     notes = [f"{', '.join(labels)} train{'s' if len(labels) == 1 else ''} one run at a time (not vectorizable: "
              f"{reason})" for reason, labels in alone.items()]
     return units, notes

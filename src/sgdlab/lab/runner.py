@@ -532,7 +532,7 @@ def run_race(
 
     from sgdlab.lab import population as population_module
 
-    units, notes = population_module.plan(task, jobs, workers=workers, enabled=population)
+    units, notes = population_module.plan(task, jobs, workers=workers, enabled=population, batch_size=batch_size)
     for note in notes:  # once per reason, before anything trains
         _warn(note)
     log_handle = _open_log(log_path) if log_path is not None else None
