@@ -82,10 +82,16 @@ def run(args: argparse.Namespace) -> int:
 
     out = str(output_dir(args.out or default_out(args.task)))
 
+    import threading
+
     from rich.console import Console
 
-    from sgdlab.lab.report import build_report, print_report, write_report
     from sgdlab.lab.runner import default_workers, run_race
+
+    # The report's imports (SciPy's statistics, matplotlib: seconds) load while the race trains,
+    # in this process that mostly waits for its workers, instead of before it.
+    preload = threading.Thread(target=__import__, args=("sgdlab.lab.report",), daemon=True)
+    preload.start()
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -113,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
         return 130
+    preload.join()
+    from sgdlab.lab.report import build_report, print_report, write_report
+
     report = build_report(result, args.target_loss)
     print_report(report, console)
     paths = write_report(report, out)
