@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-population", action="store_true",
                         help="train every run on its own (default: the seeds of an optimizer, and specs that differ "
                         "only in lr, train as one vectorized population)")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="run on a Dask distributed cluster (tcp://host:8786; local:N starts N local workers); "
+                        "--out must be on storage every worker sees")
     parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -105,20 +108,35 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(error))
 
     workers = args.workers or default_workers()
+    cluster = None
+    if args.cluster:
+        from sgdlab.lab.cluster import connect
+
+        try:
+            cluster = connect(args.cluster)
+        except (ImportError, OSError, ValueError) as error:
+            return _error(f"--cluster {args.cluster}: {error}")
     console.print(
         f"[bold]sgdlab compare[/bold] {task.name}: {task.description}\n"
-        f"{len(chosen)} optimizers x {args.seeds} seeds, {workers} worker{'s' if workers > 1 else ''}, "
+        f"{len(chosen)} optimizers x {args.seeds} seeds, "
+        f"{f'cluster {args.cluster}' if cluster else f'{workers} worker' + ('s' if workers > 1 else '')}, "
         f"report in {out}"
     )
     try:
         result = run_race(
             task, chosen, seeds=args.seeds, epochs=args.epochs, steps=args.steps, time_budget=args.time_budget,
             batch_size=args.batch_size, workers=workers, out=out, progress=not args.no_progress, console=console,
-            population=not args.no_population,
+            population=not args.no_population, cluster=cluster,
         )
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
         return 130
+    finally:
+        if cluster is not None:
+            local = getattr(cluster, "cluster", None) if args.cluster.startswith("local:") else None
+            cluster.close()
+            if local is not None:
+                local.close()
     preload.join()
     from sgdlab.lab.report import build_report, print_report, write_report
 

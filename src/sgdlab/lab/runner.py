@@ -479,6 +479,7 @@ def run_race(
     progress: bool = True,
     console: Any = None,
     population: bool = True,
+    cluster: Any = None,
 ) -> RaceResult:
     """Run every spec with every seed (``seeds``: a count, 0..N-1, or explicit seeds).
 
@@ -491,6 +492,8 @@ def run_race(
     With ``population`` (the default), the seeds of an optimizer, and specs that differ only in
     hyperparameters such as ``lr``, train as one vectorized population
     (:mod:`sgdlab.lab.population`): the same records and checkpoints, to float tolerance.
+    With ``cluster`` (a Dask scheduler address or ``distributed.Client``), the runs are tasks on
+    that cluster instead of local worker processes (:mod:`sgdlab.lab.cluster`).
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -549,7 +552,11 @@ def run_race(
     results: dict[tuple[str, int], RunResult] = {}
     try:
         with bars:
-            if workers == 1 or len(jobs) == 1:
+            if cluster is not None:
+                from sgdlab.lab.cluster import run_units
+
+                results = run_units(cluster, task, units, budget, batch_size, checkpoints, log, bars)
+            elif workers == 1 or len(jobs) == 1:
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)  # the same numbers as in worker processes
                 try:
