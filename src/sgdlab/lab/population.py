@@ -478,12 +478,21 @@ class _Population:
 
     def update(self, name: str, param: torch.Tensor, grad: torch.Tensor, ops: Any) -> torch.Tensor:
         """One step of every group's rule on its members' slice of the stacked parameter ``name``."""
+        from sgdlab.optim.execution import rule_state
+
         pieces, first = [], 0
         for group in self.groups:
             last = first + len(group.alive)
-            new, group.opt_state[name] = group.rule(
-                param[first:last], grad[first:last], group.opt_state[name], ops=ops,
-                **group.arguments(param.dim() - 1, param.dtype))
+            state = group.opt_state[name]
+            # Counters (Adam's step) as Python numbers, as the optimizers' own execution hands
+            # them to the rule (bias corrections in double precision), kept as 0-d tensors.
+            new, new_state = group.rule(param[first:last], grad[first:last], rule_state(state, capturable=False),
+                                        ops=ops, **group.arguments(param.dim() - 1, param.dtype))
+            for key, value in new_state.items():
+                old = state.get(key)
+                if torch.is_tensor(old) and old.dim() == 0 and not torch.is_tensor(value):
+                    new_state[key] = torch.tensor(value, dtype=old.dtype)
+            group.opt_state[name] = new_state
             pieces.append(new)
             first = last
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
