@@ -54,6 +54,9 @@ def _axis_hyperparameters(rule: Callable[..., Any]) -> tuple[str, ...] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Member:
+    """One run of a population: an optimizer spec, a seed and, optionally, its checkpoint file
+    (the same file :func:`sgdlab.lab.runner.train_run` would use)."""
+
     spec: OptimizerSpec
     seed: int
     checkpoint: str | None = None
