@@ -131,6 +131,21 @@ def test_population_resumes_from_its_checkpoints_and_from_one_at_a_time_ones(tmp
     assert train_run(task, members[0].spec, 0, epochs=3, checkpoint=members[0].checkpoint).records == resumed[0].records
 
 
+def test_a_member_its_caller_stops_leaves_and_the_others_go_on():
+    task = tiny_task()
+    members = [Member(parse_spec("sgd"), seed) for seed in (0, 1, 2)]
+
+    def on_eval(record):
+        if record["seed"] == 1 and record["epoch"] == 1:
+            raise Stop("pruned")
+
+    results = train_population(task, members, epochs=3, on_eval=on_eval, stop_on=(Stop,))
+    assert [r.status for r in results] == ["finished", "stopped", "finished"]
+    assert [r["epoch"] for r in results[1].records] == [0, 1] and "pruned" in results[1].error
+    for member, result in zip(members[::2], results[::2]):
+        assert max_difference(result, train_run(task, member.spec, member.seed, epochs=3)) < TOLERANCE
+
+
 def test_what_cannot_be_vectorized_runs_one_at_a_time_and_says_so_once():
     task = tiny_task()
     jobs = [(parse_spec(t), seed) for t in ("swats", "torch.RMSprop:lr=0.01", "sgd") for seed in (0, 1)]

@@ -32,6 +32,8 @@ import torch
 
 from sgdlab.lab import runner
 from sgdlab.lab.runner import DIVERGED, FINISHED, Budget, RunResult, run_id
+
+STOPPED = "stopped"  # ended by the caller (stop_on), e.g. a pruned trial
 from sgdlab.lab.specs import STATE_KEYS, OptimizerSpec
 from sgdlab.lab.tasks import Task
 
@@ -235,6 +237,7 @@ def train_population(
     batch_size: int | None = None,
     on_eval: Callable[[dict[str, Any]], Any] | None = None,
     on_progress: Callable[[tuple[str, int], float], Any] | None = None,
+    stop_on: tuple[type[BaseException], ...] = (),
 ) -> list[RunResult]:
     """Train ``members``: those of one :func:`population_key` as one population, the others one at
     a time with :func:`train_run`. One :class:`RunResult` per member, in order, equal (to float
@@ -242,7 +245,9 @@ def train_population(
 
     ``on_eval(record)`` is called for every record of every member; ``on_progress((label, seed),
     fraction)`` as the budget is used. Members resumed from checkpoints at different points train
-    as separate populations, one after the other.
+    as separate populations, one after the other. An exception of a type in ``stop_on`` raised by
+    ``on_eval`` (a tuner's prune signal) ends that member alone, with status ``"stopped"`` and the
+    exception in its ``error``; any other exception propagates, as from :func:`train_run`.
     """
     budget = Budget(epochs, steps, time_budget).resolve(task)
     results: dict[int, RunResult] = {}
@@ -271,7 +276,7 @@ def train_population(
         while pending:
             position = pending[0].position
             now = [s for s in pending if s.position == position]
-            _train(task, now, budget, batch, on_eval, on_progress)
+            _train(task, now, budget, batch, on_eval, on_progress, stop_on)
             pending = [s for s in pending if s.status is None and s not in now]
         for i, s in zip(indices, states):
             results[i] = RunResult(s.rid, s.member.spec.label, s.member.seed, s.status, s.records, s.error)
@@ -317,7 +322,8 @@ def _hyperparameters(states: list[_State], rule: Callable[..., Any]) -> dict[int
     return {"shared": shared, "varying": varying}
 
 
-def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval, on_progress) -> None:
+def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval, on_progress,
+           stop_on: tuple[type[BaseException], ...] = ()) -> None:
     from sgdlab.optim import torch_ops
 
     by_key: dict[Any, list[_State]] = {}
@@ -368,7 +374,10 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
             if on_progress is not None:
                 on_progress((s.member.spec.label, s.member.seed), budget.fraction(clock.epoch, clock.step, seconds))
             if on_eval is not None:
-                on_eval(entry)
+                try:
+                    on_eval(entry)
+                except stop_on as error:
+                    s.status, s.error = STOPPED, f"{type(error).__name__}: {error}"
             if s.status is not None:
                 done.append(index)
         pop.drop(done)

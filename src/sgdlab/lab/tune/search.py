@@ -180,6 +180,8 @@ class SearchSetup:
     pruner: str = "median"
     seed: int = 0
     val_fraction: float = 0.2
+    # Trials of a vectorizable optimizer train as populations (sgdlab.lab.tune.populations).
+    population: bool = True
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -519,6 +521,12 @@ def run_worker(
         remaining = setup.n_trials - counts["done"] - counts["running"]
         if remaining <= 0:
             return
+    from sgdlab.lab.tune import populations
+
+    if setup.population and populations.vectorizable(setup, val_task):
+        populations.optimize(study, setup, space, val_task, remaining=remaining, timeout=setup.timeout,
+                             callbacks=callbacks or [])
+        return
     study.optimize(
         make_objective(setup, space, val_task), n_trials=remaining, timeout=setup.timeout,
         callbacks=[_Budget(setup.n_trials), *(callbacks or [])], gc_after_trial=False,
