@@ -1,7 +1,7 @@
-"""The ``ops`` a rule sees on torch tensors: torch's functions, plus the multiply-adds of
-:mod:`sgdlab.algorithms.fused` computed by the very kernels torch.optim calls (``add(alpha=)``,
-``addcmul``, ``lerp``), so that a rule written in torch.optim's order of operations gives
-torch.optim's bits, on any device.
+"""The ``ops`` a rule sees on torch tensors: the contract of :mod:`sgdlab.algorithms.ops`, plus
+the multiply-adds of :mod:`sgdlab.algorithms.fused` computed by the very kernels torch.optim
+calls (``add(alpha=)``, ``addcmul``, ``lerp``), so that a rule written in torch.optim's order
+of operations gives torch.optim's bits, on any device.
 
 Under ``torch.compile`` (the grouped path's Inductor programs) those kernels are decomposed, and
 Inductor's CPU code rounds ``a * b + c`` twice; there the multiply-adds are Inductor's own fused
@@ -70,5 +70,28 @@ def _as_tensor(x: Any, like: Tensor) -> Tensor:
     return torch.tensor(x, dtype=like.dtype, device=like.device)
 
 
-def __getattr__(name: str) -> Any:  # sqrt, maximum, where, ...: torch's own
-    return getattr(torch, name)
+# --- the rest of the ops contract (sgdlab.algorithms.ops), with its meanings on torch tensors ---
+sqrt = torch.sqrt
+abs = torch.abs  # noqa: A001 - the contract's name
+sign = torch.sign
+maximum = torch.maximum
+minimum = torch.minimum
+where = torch.where
+matmul = torch.matmul
+
+
+def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """The sum of ``x`` over ``axis`` (all elements when None)."""
+    if axis is None:
+        return torch.sum(x)
+    return torch.sum(x, dim=axis, keepdim=keepdims)
+
+
+def norm(x: Tensor) -> Tensor:
+    """The 2-norm of all elements (Frobenius for a matrix)."""
+    return torch.linalg.vector_norm(x)
+
+
+def transpose(x: Tensor) -> Tensor:
+    """``x`` with its last two axes swapped."""
+    return x.mT
