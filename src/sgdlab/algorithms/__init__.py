@@ -14,6 +14,7 @@ executed; none of them contains optimizer math.
 """
 
 from sgdlab.algorithms.adam import ADAM, adam, validate_adam
+from sgdlab.algorithms.muon import MUON, MUON_WITH_ADAMW, muon, newton_schulz, validate_muon
 from sgdlab.algorithms.rule import Hyperparameter, Route, Rule, StateEntry
 from sgdlab.algorithms.sgd import SGD, sgd, validate_sgd
 from sgdlab.algorithms.sam import validate_sam
@@ -29,7 +30,8 @@ from sgdlab.algorithms.schedule_free import (
 from sgdlab.algorithms.swats import SWATS, swats, validate_swats
 
 #: Every declared rule, by name.
-RULES = {rule.name: rule for rule in (SGD, ADAM, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, SWATS)}
+RULES = {rule.name: rule for rule in (SGD, ADAM, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, SWATS,
+                                         MUON, MUON_WITH_ADAMW)}
 
 __all__ = [
     "RULES",
@@ -42,6 +44,11 @@ __all__ = [
     "SCHEDULE_FREE_SGD",
     "SCHEDULE_FREE_ADAMW",
     "SWATS",
+    "MUON",
+    "MUON_WITH_ADAMW",
+    "muon",
+    "newton_schulz",
+    "validate_muon",
     "adam",
     "validate_adam",
     "sgd",

@@ -17,6 +17,9 @@ beside it in the same file, says everything else once:
   grouped fast path may run it over concatenated tensors and populations may vectorize it; a
   rule that reduces over a tensor or a group is not) and ``compact_state`` (whether its state
   may be stored in bfloat16 or 8 bits);
+* ``stacks``: whether the update takes a stack of same-shape tensors on leading axes and updates
+  each as if alone (Muon's Newton-Schulz, batched matrix products): the torch face then runs a
+  non-elementwise rule once per shape instead of once per tensor;
 * its **routes**, for an optimizer that updates different parameters with different rules
   (Muon for matrices, AdamW for the rest): a list of (predicate, rule) tried in order.
 
@@ -96,6 +99,7 @@ class Rule:
     conventions: Callable[[str], dict[str, Any]] = field(default=lambda convention: {})
     elementwise: bool = True
     compact_state: bool = True
+    stacks: bool = False
     routes: tuple[Route, ...] = ()
 
     # --- names ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.algorithms.rule import Rule
-from sgdlab.optim import execution, quantized
+from sgdlab.optim import execution, quantized, stacked
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -381,6 +381,12 @@ class RuleOptimizer(Optimizer):
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
+        declared = type(self).declaration if rule is None else rule
+        if (declared is not None and declared.stacks and len(params) > 1
+                and not group.get("differentiable") and not group.get("capturable")):
+            # Same-shape tensors in one call of the rule (Muon: batched Newton-Schulz).
+            stacked.stacked(update, params, grads, states, hyperparameters)
+            return
         execution.per_tensor(
             update,
             params,

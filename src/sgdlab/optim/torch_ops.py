@@ -74,10 +74,34 @@ def _as_tensor(x: Any, like: Tensor) -> Tensor:
 sqrt = torch.sqrt
 abs = torch.abs  # noqa: A001 - the contract's name
 sign = torch.sign
-maximum = torch.maximum
-minimum = torch.minimum
 where = torch.where
 matmul = torch.matmul
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def maximum(a: Tensor, b: Any) -> Tensor:
+    """The elementwise maximum; ``b`` may be a number (as ``clamp(min=b)``, in ``a``'s dtype)."""
+    return torch.maximum(a, b) if isinstance(b, Tensor) else torch.clamp(a, min=b)
+
+
+def minimum(a: Tensor, b: Any) -> Tensor:
+    """The elementwise minimum; ``b`` may be a number (as ``clamp(max=b)``)."""
+    return torch.minimum(a, b) if isinstance(b, Tensor) else torch.clamp(a, max=b)
+
+
+def cast(x: Tensor, dtype: str) -> Tensor:
+    """``x`` in the named floating-point dtype."""
+    return x.to(_DTYPES[dtype])
+
+
+def addmm(c: Tensor, a: Tensor, b: Tensor, beta: Any, alpha: Any) -> Tensor:
+    """``beta * c + alpha * a @ b`` as torch.addmm (matrices) or torch.baddbmm (a stack of them)
+    computes it: torch.optim.Muon's Newton-Schulz steps, one kernel per product."""
+    if c.dim() == 2:
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    if c.dim() == 3:
+        return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
+    return beta * c + alpha * torch.matmul(a, b)
 
 
 def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -87,9 +111,9 @@ def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa:
     return torch.sum(x, dim=axis, keepdim=keepdims)
 
 
-def norm(x: Tensor) -> Tensor:
-    """The 2-norm of all elements (Frobenius for a matrix)."""
-    return torch.linalg.vector_norm(x)
+def norm(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """The 2-norm of all elements (Frobenius for a matrix), or over ``axis``."""
+    return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
 
 
 def transpose(x: Tensor) -> Tensor:
