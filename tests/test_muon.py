@@ -73,9 +73,9 @@ def test_same_shapes_are_orthogonalized_together(monkeypatch):
     seen = []
     original = torch_ops.addmm
     monkeypatch.setattr(torch_ops, "addmm", lambda c, *a: seen.append(c.dim()) or original(c, *a))
-    values = _params([(16, 8)] * 3 + [(4, 4)])
+    values = _params([(256, 128)] * 3 + [(4, 4)])
     ours, _ = _train(sgdlab.Muon, values, {"ns_steps": 2}, 1)
-    # One stacked run for the three 16x8 matrices, one alone for the 4x4; 2 products per NS step, 2 steps.
+    # One stacked run for the three 256x128 matrices, one alone for the 4x4; 2 products per NS step, 2 steps.
     assert sorted(seen) == [2] * 4 + [3] * 4
     # The stack's numbers are the one-by-one numbers (each matrix in a group of its own).
     alone = [torch.nn.Parameter(v.clone()) for v in values]
@@ -270,3 +270,35 @@ def test_muon_with_adamw_is_muon_for_matrices_and_adamw_for_the_rest():
     assert set(optimizer.state[ours[1]]) == {"step", "exp_avg", "exp_avg_sq"}
     with pytest.raises(ValueError, match="beta parameter at index 0"):
         MuonWithAdamW(ours, adam_betas=(1.5, 0.9))
+
+
+def test_lab_spec_builds_the_recipe_and_checks_values():
+    from sgdlab.lab.specs import SpecError, parse_spec
+
+    spec = parse_spec("muon:lr=0.05,adam_lr_ratio=0.1")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    optimizer = spec.build(model.parameters())
+    assert isinstance(optimizer, MuonWithAdamW)
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert set(optimizer.state[model[0].weight]) == {"momentum_buffer"}
+    assert set(optimizer.state[model[0].bias]) == {"step", "exp_avg", "exp_avg_sq"}
+    with pytest.raises(SpecError, match="Learning rate should be >= 0"):
+        parse_spec("muon:lr=-1")
+
+
+def test_bench_times_muon_against_torch_muon():
+    from sgdlab import bench
+
+    result = bench.run(["tests.test_muon:_bench_shapes"], ["muon"],
+                       ["sgdlab", "torch for-loop", "torch fused"], device="cpu", rounds=1, steps=1)
+    rows = result.rows_for("tests.test_muon:_bench_shapes", "muon")
+    assert set(rows) == {"sgdlab", "torch for-loop"}  # torch.optim.Muon has no fused path
+    assert rows["torch for-loop"].ratio_to_torch_fused == 1.0
+    assert rows["sgdlab"].reference == "torch for-loop" and rows["sgdlab"].ratio_to_torch_fused > 0
+
+
+def _bench_shapes():
+    return [(8, 4), (8,), (8, 4)]  # the 1-D tensor is left out for Muon
