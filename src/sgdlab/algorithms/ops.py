@@ -4,7 +4,7 @@ A rule computes with Python's operators (``+ - * / **``, unary ``-``, comparison
 functions below, taken from the ``ops`` argument it is given. Each framework supplies a thin shim
 with these exact meanings: :mod:`sgdlab.optim.torch_ops` (torch, with torch.optim's rounding),
 ``sgdlab.keras._ops`` (``keras.ops`` on any backend), :data:`NUMPY` here (references and tests).
-``tests/test_ops_contract.py`` checks that every rule in :mod:`sgdlab.algorithms` calls only these
+``tests/test_core_declarations.py`` checks that every rule in :mod:`sgdlab.algorithms` calls only these
 names and that every shim provides them with the same meaning.
 
 Elementwise (the grouped fast path and populations can run these over concatenated or stacked
