@@ -246,9 +246,11 @@ def test_in_backward_steps_as_step():
 
 
 def test_compact_state_is_refused_saying_why():
-    optimizer = sgdlab.Muon([torch.nn.Parameter(torch.zeros(4, 4))])
-    with pytest.raises(ValueError, match="Invalid state_dtype"):
-        compact_state(optimizer, torch.bfloat16)
+    for cls in (sgdlab.Muon, MuonWithAdamW):
+        optimizer = cls([torch.nn.Parameter(torch.zeros(4, 4))])
+        for dtype in (torch.bfloat16, torch.uint8):
+            with pytest.raises(ValueError, match="Invalid state_dtype.*not elementwise"):
+                compact_state(optimizer, dtype)
 
 
 def test_muon_with_adamw_is_muon_for_matrices_and_adamw_for_the_rest():

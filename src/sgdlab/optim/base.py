@@ -115,9 +115,14 @@ class RuleOptimizer(Optimizer):
 
     def check_state_dtype(self, state_dtype: Any) -> None:
         if state_dtype is not None and not type(self).compact_state_supported:
+            why = ""
+            if not type(self).grouped_execution_supported:
+                # Compact state is rounded where the grouped elementwise path writes it back.
+                why = (": its update is not elementwise, and compact state is stored and rounded "
+                       "by the grouped elementwise execution path only")
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} keeps its state in "
-                "the parameters' dtype)"
+                f"the parameters' dtype{why})"
             )
 
     # --- what the declaration gives (a subclass without one provides these) ----------------------
