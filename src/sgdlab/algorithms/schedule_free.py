@@ -207,7 +207,10 @@ def validate_schedule_free_adamw(
 
 # Declarations. ``lr`` is the schedule's (warmup included) and ``ckp1``, ``step`` come from the
 # schedule too: the adapters compute them once per step (group-level hooks) and pass them on.
-# z starts at the initial weights (x = y = z before the first step).
+# z starts at the initial weights (x = y = z before the first step). No compact state: z is an
+# iterate of the weights, not a moment, and rounding it is rounding the weights (8-bit z moved
+# a small MLP's parameters as far from the float32 run as training itself moved them,
+# tests/test_group_hooks.py's model, 6 steps).
 _SCHEDULED = (
     Hyperparameter("lr", torch="scheduled_lr", keras=None),
     Hyperparameter("ckp1", torch=None, keras=None),
@@ -219,6 +222,7 @@ SCHEDULE_FREE_SGD = Rule(
     hyperparameters=(*_SCHEDULED, Hyperparameter("momentum"), Hyperparameter("weight_decay")),
     state=(StateEntry("z", COPY),),
     validate=validate_schedule_free_sgd,
+    compact_state=False,
 )
 
 SCHEDULE_FREE_ADAMW = Rule(
@@ -234,4 +238,5 @@ SCHEDULE_FREE_ADAMW = Rule(
     ),
     state=(StateEntry("z", COPY), StateEntry("exp_avg_sq")),
     validate=validate_schedule_free_adamw,
+    compact_state=False,
 )
