@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from sgdlab.algorithms import RULES
 from sgdlab.optim import torch_ops
 
 Rule = Callable[..., tuple[Any, dict[str, Any]]]
@@ -21,8 +22,9 @@ Rule = Callable[..., tuple[Any, dict[str, Any]]]
 
 # State entries that count steps. torch.optim stores them as 0-d tensors but, unless
 # ``capturable``, reads them as Python numbers, which keeps bias corrections in double precision
-# whatever the state dtype; rules see them the same way.
-COUNTERS = ("step",)
+# whatever the state dtype; rules see them the same way. The declared counters of every rule
+# (``step``, which is also what a rule without a declaration may keep).
+COUNTERS = tuple(sorted({"step", *(key for rule in RULES.values() for key in rule.counters)}))
 
 
 def rule_state(state: dict[str, Any], *, capturable: bool) -> dict[str, Any]:
