@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 
 from sgdlab.algorithms import scalar_ops
 from sgdlab.algorithms._checks import as_float, at_least
-from sgdlab.algorithms.adam import adam, validate_adam
+from sgdlab.algorithms.adam import ADAM, adam, validate_adam
 from sgdlab.algorithms.rule import COUNTER, FROM_GRADIENT, Hyperparameter, Rule, StateEntry
 from sgdlab.algorithms.sgd import sgd
 
@@ -164,11 +164,9 @@ SWATS = Rule(
     name="swats",
     update=swats,
     hyperparameters=(
-        Hyperparameter("lr", keras="learning_rate"),
-        Hyperparameter("beta1", torch="betas[0]", keras="beta_1"),
-        Hyperparameter("beta2", torch="betas[1]", keras="beta_2"),
-        Hyperparameter("eps", keras="epsilon"),
-        Hyperparameter("weight_decay"),
+        # Adam's, under Adam's names (L2 weight decay only: no decoupled decay, no AMSGrad)
+        *(h for h in ADAM.hyperparameters
+          if h.name in ("lr", "beta1", "beta2", "eps", "weight_decay")),
         Hyperparameter("sgd_lr", keras=None),  # set at the switch
         Hyperparameter("switched", torch=None, keras=None),  # the phase, known each step
     ),
