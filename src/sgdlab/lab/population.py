@@ -15,9 +15,10 @@ same checkpoint file, in the same format (a population resumes from one-at-a-tim
 and the other way round). A member whose loss becomes NaN or infinite is recorded as diverged
 and leaves the population; the others go on.
 
-What cannot be vectorized runs one at a time, as before, and says so once: optimizers whose rule
-is not elementwise or that act on a whole group between steps (SAM, SWATS, schedule-free,
-torch.optim classes), compact state, and models ``vmap`` cannot trace.
+What cannot be vectorized runs one at a time, as before, and says so once: optimizers whose
+declared rule is not elementwise (``Rule.elementwise``: SWATS, Muon) or that act on a whole group
+between steps (schedule-free), SAM and torch.optim classes, compact state, and models ``vmap``
+cannot trace.
 """
 
 from __future__ import annotations
@@ -37,21 +38,39 @@ STOPPED = "stopped"  # ended by the caller (stop_on), e.g. a pruned trial
 from sgdlab.lab.specs import STATE_KEYS, OptimizerSpec
 from sgdlab.lab.tasks import Task
 
-# Which rules may run on a population, and which of their hyperparameters may differ between the
-# members of one (as tensors along the population axis; the others must be equal, because the
-# rules branch on them in Python, e.g. ``if weight_decay != 0``). Kept in this one table until
-# sgdlab.algorithms declares each rule's capabilities (its ``elementwise`` flag); then
-# ``_axis_hyperparameters`` reads the declaration instead.
-_ELEMENTWISE: dict[str, tuple[str, ...]] = {
-    "sgdlab.algorithms.sgd.sgd": ("lr", "dampening"),
-    "sgdlab.algorithms.adam.adam": ("lr", "beta1", "beta2", "eps"),
-}
+_AXIS: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
-def _axis_hyperparameters(rule: Callable[..., Any]) -> tuple[str, ...] | None:
-    """The hyperparameters of ``rule`` that may vary along the population axis; None when the
-    rule cannot run on a population at all."""
-    return _ELEMENTWISE.get(f"{rule.__module__}.{rule.__qualname__}")
+def _axis_hyperparameters(optimizer: Any) -> tuple[str, ...]:
+    """The hyperparameters of ``optimizer``'s rule that may differ between the members of one
+    population, as tensors along the population axis: those the update only computes with, not
+    those it branches on in Python (``if weight_decay != 0``), which must be equal. Found by
+    trying two steps of the update on a two-member stack, once per optimizer configuration."""
+    from sgdlab.optim import torch_ops
+    from sgdlab.optim.execution import rule_state
+
+    group = optimizer.param_groups[0]
+    arguments = optimizer.rule_hyperparameters(group)
+    key = (type(optimizer), tuple(sorted((k, repr(v)) for k, v in arguments.items())))
+    if key not in _AXIS:
+        rule = optimizer.rule_for(group)
+        axis = []
+        for name, value in arguments.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            trial = {**arguments, name: torch.tensor([float(value)] * 2).view(2, 1)}
+            param = torch.full((2, 3), 0.5)
+            state = optimizer.init_state(param, group)
+            try:
+                with torch.no_grad():
+                    for _ in range(2):
+                        param, state = rule(param, torch.full((2, 3), 0.1), rule_state(state, capturable=False),
+                                            ops=torch_ops, **trial)
+            except Exception:  # noqa: BLE001 - e.g. "Boolean value of Tensor ... is ambiguous"
+                continue
+            axis.append(name)
+        _AXIS[key] = tuple(axis)
+    return _AXIS[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +92,12 @@ def _probe_optimizer(spec: OptimizerSpec, task: Task) -> tuple[Any, str | None]:
     optimizer = spec.build([torch.zeros(2, requires_grad=True)], task)
     if not isinstance(optimizer, RuleOptimizer):
         return None, "not an sgdlab rule"
+    declaration = type(optimizer).declaration
+    if declaration is None or not declaration.elementwise or declaration.routes:
+        return None, "its rule is not elementwise"
     if type(optimizer).has_group_hooks or len(optimizer.param_groups) != 1:
         return None, "steps a whole group at once"
     group = optimizer.param_groups[0]
-    if _axis_hyperparameters(optimizer.rule_for(group)) is None:
-        return None, "its rule is not elementwise"
     if group.get("differentiable") or group.get("state_dtype") is not None:
         return None, "differentiable or compact"
     if any(torch.is_tensor(v) for v in optimizer.rule_hyperparameters(group).values()):
@@ -92,7 +112,7 @@ def population_key(spec: OptimizerSpec, task: Task) -> tuple[Any, ...] | None:
     if reason is not None:
         return None
     group = optimizer.param_groups[0]
-    axis = _axis_hyperparameters(optimizer.rule_for(group))
+    axis = _axis_hyperparameters(optimizer)
     fixed = sorted((k, repr(v)) for k, v in optimizer.rule_hyperparameters(group).items() if k not in axis)
     return (type(optimizer).__qualname__, spec.full_batch, tuple(fixed))
 
@@ -305,11 +325,11 @@ def _stack_state(states: list[_State], stacked: dict[str, torch.Tensor], names: 
     return out
 
 
-def _hyperparameters(states: list[_State], rule: Callable[..., Any]) -> dict[int, dict[str, Any]]:
+def _hyperparameters(states: list[_State]) -> dict[int, dict[str, Any]]:
     """The rule's keyword arguments per parameter rank: shared values as they are, the others as
     ``[members, 1, ...]`` tensors."""
     per_member = [s.optimizer.rule_hyperparameters(s.optimizer.param_groups[0]) for s in states]
-    axis = _axis_hyperparameters(rule) or ()
+    axis = _axis_hyperparameters(states[0].optimizer)
     shared, varying = {}, {}
     for key, value in per_member[0].items():
         values = [h[key] for h in per_member]
@@ -337,7 +357,7 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
         rule = members[0].optimizer.rule_for(group)
         view = {name: stacked.detach()[first : first + len(members)] for name, stacked in net.stacked.items()}
         groups.append(_Group(rule, members, _stack_state(members, view, net.names, group),
-                             _hyperparameters(members, rule)))
+                             _hyperparameters(members)))
         first += len(members)
     pop = _Population(net, groups)
     clock = _Clock(*states[0].position, states[0].seconds)
