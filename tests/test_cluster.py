@@ -94,3 +94,11 @@ def test_the_run_of_a_killed_worker_is_redone_once_and_finished_runs_never(clien
     # Killed in its 5th step (epoch 2's second), the redo resumed from the checkpoint of epoch 1:
     # the two steps of epoch 2 were trained again, nothing before them.
     assert steps["1"] == 9 + 2
+
+
+def test_a_cluster_address_that_cannot_be_used_is_one_line_and_exit_code_2(capsys):
+    from sgdlab.cli import main
+
+    assert main(["compare", "--task", "digits", "--cluster", "local:many", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sgdlab compare: error: --cluster local:many:") and error.count("\n") == 1
