@@ -10,6 +10,7 @@ population; the others go on), the same score for a diverged run, the same stale
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Callable
@@ -43,14 +44,21 @@ def optimize(study: Any, setup: Any, space: Any, val_task: Task, *, remaining: i
         if timeout is not None and time.monotonic() - started >= timeout:
             return
         room = size if remaining is None else min(size, remaining - asked)
+        if setup.n_trials is not None and setup.local_workers > 1:  # every local worker its share
+            counts = count_trials(study)
+            left = setup.n_trials - counts["done"] - counts["running"]
+            room = min(room, max(1, -(-left // setup.local_workers)))
         trials, configurations = [], []
         for _ in range(room):
-            if setup.n_trials is not None:  # the study's budget, other workers' trials included
-                counts = count_trials(study)
-                if counts["done"] + counts["running"] >= setup.n_trials:
-                    break
-            trial = study.ask()
-            trial.set_user_attr(_OWNER, _owner())
+            # Counting and asking under one lock: the local workers of a search, asking several
+            # trials each in a row, would otherwise see the same count and overshoot the budget.
+            with _lock(setup.out / ".ask.lock"):
+                if setup.n_trials is not None:  # the study's budget, other workers' trials included
+                    counts = count_trials(study)
+                    if counts["done"] + counts["running"] >= setup.n_trials:
+                        break
+                trial = study.ask()
+                trial.set_user_attr(_OWNER, _owner())
             spec, batch_size = space.configuration(space.suggest(trial), val_task)
             trial.set_user_attr("opt", spec.text)
             trial.set_user_attr("batch_size", batch_size or val_task.batch_size)
@@ -67,6 +75,24 @@ def optimize(study: Any, setup: Any, space: Any, val_task: Task, *, remaining: i
                    batch_size, key, epochs, optuna)
         for callback in callbacks:
             callback(study, None)
+
+
+@contextlib.contextmanager
+def _lock(path: Any):
+    """An exclusive lock on ``path`` between the processes of this machine (a no-op where
+    ``fcntl`` is missing: Windows, whose workers then count as before)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train(study, setup, val_task, trials, specs, batch_size, key, epochs, optuna) -> None:

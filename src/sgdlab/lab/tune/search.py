@@ -182,6 +182,8 @@ class SearchSetup:
     val_fraction: float = 0.2
     # Trials of a vectorizable optimizer train as populations (sgdlab.lab.tune.populations).
     population: bool = True
+    # Local worker processes sharing the study (set by search()): a population takes its share.
+    local_workers: int = 1
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -594,7 +596,8 @@ def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> 
     start = context.Barrier(workers)
     prefix = lab_warning_prefix()
     processes = [
-        context.Process(target=_worker_process, args=(setup, i, start, os.getpid(), prefix), daemon=False)
+        context.Process(target=_worker_process, args=(dataclasses.replace(setup, local_workers=workers), i, start,
+                                                      os.getpid(), prefix), daemon=False)
         for i in range(workers)
     ]
     for process in processes:
