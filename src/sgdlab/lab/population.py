@@ -131,9 +131,10 @@ def model_problem(task: Task) -> str | None:
     if key not in _TRACEABLE:
         try:
             models = []
-            for seed in (0, 1):
-                torch.manual_seed(seed)
-                models.append(task.model())
+            with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+                for seed in (0, 1):
+                    torch.manual_seed(seed)
+                    models.append(task.model())
             net = _Net(task, models)
             index = torch.arange(min(2, task.n_train))
             losses = net.losses(net.params(), task.x_train[index].expand(2, *task.x_train[index].shape),
