@@ -115,9 +115,8 @@ class RuleOptimizer(Optimizer):
 
     def check_state_dtype(self, state_dtype: Any) -> None:
         declaration = type(self).declaration
-        named = [rule.compact_state for rule in ([declaration, *[r.rule for r in declaration.routes]]
-                                                 if declaration is not None else [])
-                 if isinstance(rule.compact_state, tuple)]
+        rules = [] if declaration is None else [declaration, *(r.rule for r in declaration.routes)]
+        named = [rule.compact_state for rule in rules if isinstance(rule.compact_state, tuple)]
         if state_dtype is not None and named and any(
                 str(state_dtype).removeprefix("torch.") not in dtypes for dtypes in named):
             raise ValueError(
