@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.optim import execution, quantized
+from sgdlab.optim import execution, quantized, sharded
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -296,6 +296,11 @@ class RuleOptimizer(Optimizer):
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
                  state_dtype: torch.dtype | None) -> None:
+        if sharded.is_dtensor(params[0]) and not group.get("differentiable"):
+            # FSDP2 shards: the rule runs on each rank's local tensors (sharded.execute)
+            sharded.execute(self._execute, index, group, params, grads, states, state_dtype,
+                            self.__dict__.setdefault("_shards", {}))
+            return
         hyperparameters = {
             # A 1-element tensor of any shape (lr=torch.tensor([[1e-3]])) acts as a scalar, as
             # in torch.optim; its 0-d view follows in-place changes (schedulers) to the original.
