@@ -83,6 +83,8 @@ def _wrap_state(cache: dict[Any, Any], param: Tensor, state: dict[str, Any],
     """Mirror the local state into ``state``: entries shaped like the local shard as DTensors
     placed like ``param`` (views of the same memory), others (counters, 8-bit block scales) as
     they are."""
+    from sgdlab.optim.quantized import SUFFIX  # (quantized imports this module)
+
     _, wrapped = cache[param]
     shard_shape = param.to_local().shape
     for key in [key for key in state if key not in local]:
@@ -92,7 +94,8 @@ def _wrap_state(cache: dict[Any, Any], param: Tensor, state: dict[str, Any],
         known = wrapped.get(key)
         if known is not None and known[0] is value and state.get(key) is known[1]:
             continue
-        if isinstance(value, Tensor) and value.dim() and value.shape == shard_shape:
+        if (isinstance(value, Tensor) and value.dim() and value.shape == shard_shape
+                and not key.endswith(SUFFIX)):
             outer = DTensor.from_local(value, param.device_mesh, param.placements,
                                        run_check=False, shape=param.shape, stride=param.stride())
         else:
@@ -154,11 +157,11 @@ def local(tensor: Tensor) -> Tensor:
 
 
 # --- ZeroRedundancyOptimizer -----------------------------------------------------------------------
-def zero_process_group() -> Any:
-    """The process group of the ``ZeroRedundancyOptimizer`` that is constructing the caller's
-    optimizer as its local optimizer (None outside one). ZeRO builds it as
-    ``optimizer_class(this_ranks_param_groups, **hyperparameters)``: only the call stack says that
-    the parameters are one rank's partition."""
+def constructing_zero() -> Any:
+    """The ``ZeroRedundancyOptimizer`` that is constructing the caller's optimizer as its local
+    optimizer (None outside one). ZeRO builds it as ``optimizer_class(this_ranks_param_groups,
+    **hyperparameters)``: only the call stack says that the parameters are one rank's
+    partition."""
     zero_class = _zero_class()
     if zero_class is None:
         return None
@@ -169,8 +172,23 @@ def zero_process_group() -> Any:
             return None
         owner = frame.f_locals.get("self")
         if isinstance(owner, zero_class) and frame.f_code.co_name == "_init_local_optimizer":
-            return owner.process_group
+            return owner
     return None
+
+
+def zero_process_group() -> Any:
+    """The process group of :func:`constructing_zero`'s ZeRO instance (None outside one)."""
+    owner = constructing_zero()
+    return None if owner is None else owner.process_group
+
+
+def sync_zero(owner: Any) -> None:
+    """After the local optimizer of ZeRO ``owner`` moved its partition of the parameters outside
+    a step (schedule-free's train/eval): the param groups' keys back to ZeRO's groups (which a
+    step copies to the local optimizer), and every rank's partition to every rank, as ZeRO's
+    step does. Collective: every rank calls it."""
+    owner._sync_param_groups(owner.optim.param_groups, owner.param_groups)
+    owner._sync_params()
 
 
 def _zero_class() -> Any:
@@ -238,3 +256,21 @@ def local_scales(codes: Any, scales: Any, block: int) -> Tensor:
 def expected_scales(param: Any, block: int) -> int:
     """How many elements a DTensor of block scales of ``param`` has (:func:`global_scales`)."""
     return largest_shard_blocks(param, block) * param.device_mesh.size(_shard_dim(param))
+
+
+def check_in_backward(params: list[Tensor]) -> None:
+    """Refuse optimizer-in-backward on parameters that several processes hold whole (DDP,
+    ZeroRedundancyOptimizer): a post-accumulate-grad hook sees this rank's gradient before DDP
+    averages it over the ranks. FSDP2 calls the hooks with the reduced shard (DTensors)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    plain = [i for i, param in enumerate(params) if not is_dtensor(param)]
+    if plain:
+        raise ValueError(
+            "optimizer_in_backward with DistributedDataParallel or ZeroRedundancyOptimizer "
+            f"(parameter {plain[0]} is a plain tensor in a group of {dist.get_world_size()} "
+            "processes): the hook would update it from this rank's gradient before DDP averages "
+            "it; use FSDP2 (fully_shard), whose hooks see the averaged gradient, or step()"
+        )
