@@ -19,6 +19,7 @@ import json
 import os
 import runpy
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -439,6 +440,7 @@ def main() -> None:
         for name, check in make(ctx).items():
             if only and only not in name:
                 continue
+            started = time.perf_counter()
             try:
                 check()
                 outcomes[name] = "ok"
@@ -446,6 +448,7 @@ def main() -> None:
                 outcomes[name] = f"rank {rank}: " + traceback.format_exc()
                 print(f"{name} failed on {outcomes[name]}", file=sys.stderr, flush=True)
             dist.barrier()
+            ctx["report"].setdefault("seconds", {})[name] = round(time.perf_counter() - started, 2)
     everyone = [None] * world
     dist.gather_object((outcomes, ctx["report"]), everyone if rank == 0 else None, dst=0)
     if rank == 0:

@@ -50,6 +50,9 @@ def execute(run: Callable[..., None], index: Any, group: dict[str, Any], params:
                 f"{type(grad).__name__} {getattr(grad, 'placements', '')} for placements "
                 f"{param.placements}): the rule runs on the local shards"
             )
+    if state_dtype == torch.uint8:
+        for param in params:
+            check_eight_bit(param)
     local_params = [param.to_local() for param in params]
     local_grads = [grad.to_local() for grad in grads]
     local_states = [_local_state(cache, param, state) for param, state in zip(params, states)]
