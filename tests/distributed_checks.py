@@ -311,14 +311,10 @@ def checkpoint_checks(ctx) -> dict[str, Callable[[], None]]:
             path = ctx["dir"] / f"checkpoint-{name}"
             dcp.save({"model": get_model_state_dict(model),
                       "optim": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=path)
-            if dtype is None:  # for the one-process phase: go on from here, on the global batch
-                train(model, optimizer, spec, batches[3:])
-                uninterrupted = full_params(model)
-                if ctx["rank"] == 0:
-                    torch.save(uninterrupted, ctx["dir"] / "two_ranks_continued.pt")
-            else:
-                train(model, optimizer, spec, batches[3:])
-                uninterrupted = full_params(model)
+            train(model, optimizer, spec, batches[3:])
+            uninterrupted = full_params(model)
+            if ctx["rank"] == 0:  # for the one-process phase, which goes on from the checkpoint
+                torch.save(uninterrupted, ctx["dir"] / f"two_ranks_continued-{name}.pt")
 
             model, optimizer = _fsdp2_adamw(ctx, dtype)
             saved = {"model": get_model_state_dict(model),

@@ -7,8 +7,9 @@ compact state (bfloat16, 8-bit) works on shards: each rank keeps its shard's sta
 state stays in torch.optim's FSDP2 layout: every entry shaped like the parameter is a DTensor
 placed like it (a view of the rank's flat state buffer), so ``torch.distributed.checkpoint`` and
 ``get_optimizer_state_dict`` see what they see with torch.optim. 8-bit blocks start at each
-shard's start, not at the full tensor's: a block that straddles a shard boundary in the full
-tensor is two blocks, each with its own scale (docs/distributed.md measures what that changes).
+shard's start, not at the full tensor's: after a shard boundary that is not a multiple of 256
+elements, the blocks are shifted against the whole tensor's, so elements share a scale with
+other neighbours; the error is the same on average (docs/distributed.md measures it).
 
 What is not elementwise (SWATS's dot products, SAM's gradient norm) is a sum over the whole
 param group, hence over all shards: :func:`global_sum` adds the ranks' partial sums. A local
