@@ -328,7 +328,7 @@ class RuleOptimizer(Optimizer):
             _check_state_shapes(group, params, states)  # a checkpoint that does not fit: say so
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} needs the grouped execution path: plain, "
-                "dense, contiguous tensors of one device and dtype (not DTensor / FSDP2 shards), "
+                "dense, contiguous tensors (or FSDP2 shards) of one device and dtype, "
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
