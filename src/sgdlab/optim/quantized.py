@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from sgdlab.optim import sharded
-from sgdlab.optim.program import HASH
+from sgdlab.optim.bfloat16 import HASH
 
 BLOCK = 256
 SUFFIX = ".absmax"
