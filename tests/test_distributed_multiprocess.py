@@ -27,6 +27,7 @@ import distributed_checks as checks  # noqa: E402
 
 pytestmark = [
     pytest.mark.distributed,
+    pytest.mark.xdist_group("distributed"),
     pytest.mark.skipif(not dist.is_available(), reason="torch.distributed unavailable"),
 ]
 WORKER = Path(checks.__file__)
@@ -126,7 +127,24 @@ def _one_process(directory: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, str]:
-    directory = tmp_path_factory.mktemp("distributed")
+    # Under pytest-xdist every worker that gets one of these tests builds this fixture: the
+    # first one launches, the others wait for its outcomes (a lock in the session's directory,
+    # which the workers share; test.sh keeps the tests on one worker: xdist_group).
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    saved = base / "distributed-outcomes.json"
+    with FileLock(str(base / "distributed.lock")):
+        if saved.exists():
+            return json.loads(saved.read_text())
+        found = _launch_all(tmp_path_factory.mktemp("distributed"))
+        saved.write_text(json.dumps(found))
+    return found
+
+
+def _launch_all(directory: Path) -> dict[str, str]:
     first = _launch("two_ranks", directory)
     print(first["stdout"])  # the memory per rank of compact state (pytest -s shows it)
     found = dict(first["checks"])
