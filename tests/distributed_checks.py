@@ -296,6 +296,42 @@ def _fsdp2_adamw(ctx, state_dtype, *, min_8bit_size=0):
     return model, sgdlab.AdamW([group], lr=0.01, weight_decay=0.1)
 
 
+def empty_shard_checks(ctx) -> dict[str, Callable[[], None]]:
+    """A layer with one output row: rank 1 holds empty shards of its weight and bias."""
+    def body(make, rtol, atol):
+        def run(wrapped: bool):
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+            if wrapped:
+                model = wrap("fsdp2", model, ctx["mesh"])
+            optimizer = make(model.parameters())
+            data = [(x, y[:, :1]) for x, y in global_batches()]
+            train(model, optimizer, {}, shard_of(data, ctx["rank"], ctx["world"]) if wrapped else data)
+            return model, optimizer
+
+        model, optimizer = run(True)
+        reference, _ = run(False)
+        assert_params_close(full_params(model), full_params(reference), "empty shards",
+                            rtol=rtol, atol=atol)
+        for p in model.parameters():
+            for key, value in optimizer.state[p].items():
+                if key.endswith(".absmax"):  # 8-bit block scales: this rank's, a plain tensor
+                    assert type(value) is torch.Tensor, type(value)
+                elif isinstance(value, torch.Tensor) and value.dim():
+                    assert value.shape == p.shape and value.placements == p.placements
+
+    return {
+        "fsdp2-empty-shards-sgd-momentum-matches-one-process": lambda: body(
+            lambda p: sgdlab.SGD(p, lr=0.05, momentum=0.9), 1e-5, 1e-6),
+        "fsdp2-empty-shards-bfloat16-adamw-close-to-one-process": lambda: body(
+            lambda p: sgdlab.AdamW([{"params": list(p), "state_dtype": torch.bfloat16}], lr=0.01),
+            0, 1e-3),
+        "fsdp2-empty-shards-8bit-adamw-close-to-one-process": lambda: body(
+            lambda p: sgdlab.AdamW([{"params": list(p), "state_dtype": torch.uint8,
+                                     "min_8bit_size": 0}], lr=0.01), 0, 1e-2),
+    }
+
+
 def checkpoint_checks(ctx) -> dict[str, Callable[[], None]]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
@@ -408,7 +444,8 @@ def resume_checks(ctx) -> dict[str, Callable[[], None]]:
 
 
 PHASES = {
-    "two_ranks": (wrapper_checks, refusal_checks, compact_checks, checkpoint_checks,
+    "two_ranks": (wrapper_checks, refusal_checks, compact_checks, empty_shard_checks,
+                  checkpoint_checks,
                   in_backward_checks),
     "resume": (resume_checks,),
 }

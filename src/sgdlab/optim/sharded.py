@@ -60,13 +60,32 @@ def execute(run: Callable[..., None], index: Any, group: dict[str, Any], params:
     # A rank may hold an empty shard of a small parameter: nothing to update there, but its
     # (empty) state still exists on every rank, as checkpoints expect.
     full = [i for i, p in enumerate(local_params) if p.numel()]
-    empty = [i for i, p in enumerate(local_params) if not p.numel()]
-    for indices, key in ((full, index), (empty, ("empty shards", index))):
-        if indices:
-            run(key, group, [local_params[i] for i in indices], [local_grads[i] for i in indices],
-                [local_states[i] for i in indices], state_dtype if key is index else None)
+    if full:
+        run(index, group, [local_params[i] for i in full], [local_grads[i] for i in full],
+            [local_states[i] for i in full], state_dtype)
+    for i, param in enumerate(local_params):
+        if not param.numel():
+            _empty_step(run, ("empty shard", index), group, param, local_grads[i], local_states[i])
     for param, state, local in zip(params, states, local_states):
         _wrap_state(cache, param, state, local)
+
+
+def _empty_step(run: Callable[..., None], key: Any, group: dict[str, Any], param: Tensor,
+                grad: Tensor, state: dict[str, Any]) -> None:
+    """An empty shard: no values to update, but the entries the rule creates (SGD's momentum
+    buffer) must exist on this rank as on the others. The rule runs on float copies (compact
+    entries are empty, nothing is lost); each 8-bit entry gets its (empty) block scales."""
+    from sgdlab.optim.quantized import SUFFIX
+
+    wide = {k: v.to(param.dtype) if isinstance(v, Tensor) and v.dim() and v.dtype != param.dtype
+            else v for k, v in state.items() if not k.endswith(SUFFIX)}
+    run(key, group, [param], [grad], [wide], None)
+    for k, v in wide.items():
+        if k not in state:
+            state[k] = v
+    for k, v in list(state.items()):
+        if isinstance(v, Tensor) and v.dim() and v.dtype == torch.uint8:
+            state.setdefault(k + SUFFIX, torch.zeros(0, dtype=torch.float32, device=v.device))
 
 
 def _local_state(cache: dict[Any, Any], param: Tensor, state: dict[str, Any]) -> dict[str, Any]:
