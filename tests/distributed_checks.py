@@ -52,7 +52,8 @@ def global_batches(steps: int = STEPS, seed: int = 1) -> list[tuple[torch.Tensor
 
 def shard_of(batches, rank: int, world: int):
     size = GLOBAL_BATCH // world
-    return [(x[rank * size:(rank + 1) * size], y[rank * size:(rank + 1) * size]) for x, y in batches]
+    part = slice(rank * size, (rank + 1) * size)
+    return [(x[part], y[part]) for x, y in batches]
 
 
 SPECS: dict[str, dict[str, Any]] = {
@@ -122,7 +123,8 @@ def full_params(model: nn.Module) -> list[torch.Tensor]:
 
 def assert_params_close(actual, expected, what: str, rtol=1e-5, atol=1e-6) -> None:
     for i, (a, b) in enumerate(zip(actual, expected)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}, parameter {i}: {m}")
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol,
+                                   msg=lambda m: f"{what}, parameter {i}: {m}")
 
 
 def one_process(spec, batches, *, eval_point: bool = False):
@@ -135,13 +137,14 @@ def one_process(spec, batches, *, eval_point: bool = False):
     return full_params(model), inner
 
 
-# --- checks: phase two_ranks -------------------------------------------------------------------------
+# --- checks: phase two_ranks ---------------------------------------------------------------------
 def wrapper_checks(ctx) -> dict[str, Callable[[], None]]:
     checks = {}
     for wrapper in WRAPPERS:
         for name, spec in SPECS.items():
             checks[f"{wrapper}-{name}-matches-one-process"] = (
-                lambda wrapper=wrapper, name=name, spec=spec: _wrapper_vs_one_process(ctx, wrapper, name, spec))
+                lambda wrapper=wrapper, name=name, spec=spec:
+                _wrapper_vs_one_process(ctx, wrapper, name, spec))
             if "torch" in spec:
                 checks[f"{wrapper}-{name}-matches-torch.optim"] = (
                     lambda wrapper=wrapper, spec=spec: _wrapper_vs_torch(ctx, wrapper, spec))
@@ -160,7 +163,8 @@ def _wrapper_vs_one_process(ctx, wrapper, name, spec) -> None:
     expected, reference = one_process(spec, global_batches())
     assert_params_close(full_params(model), expected, f"{wrapper} vs one process")
     if name == "swats":
-        assert inner.switch_step == reference.switch_step == 3, (inner.switch_step, reference.switch_step)
+        assert inner.switch_step == reference.switch_step == 3, (
+            inner.switch_step, reference.switch_step)
         assert abs(inner.sgd_lr - reference.sgd_lr) <= 1e-5 * abs(reference.sgd_lr), (
             inner.sgd_lr, reference.sgd_lr)
     if name == "schedule_free":  # the averaged point x too, after eval() on every rank
@@ -306,7 +310,9 @@ def empty_shard_checks(ctx) -> dict[str, Callable[[], None]]:
                 model = wrap("fsdp2", model, ctx["mesh"])
             optimizer = make(model.parameters())
             data = [(x, y[:, :1]) for x, y in global_batches()]
-            train(model, optimizer, {}, shard_of(data, ctx["rank"], ctx["world"]) if wrapped else data)
+            if wrapped:
+                data = shard_of(data, ctx["rank"], ctx["world"])
+            train(model, optimizer, {}, data)
             return model, optimizer
 
         model, optimizer = run(True)
@@ -360,7 +366,8 @@ def checkpoint_checks(ctx) -> dict[str, Callable[[], None]]:
             set_optimizer_state_dict(model, optimizer, saved["optim"])
             train(model, optimizer, spec, batches[3:])
             for i, (a, b) in enumerate(zip(full_params(model), uninterrupted)):
-                assert torch.equal(a, b), f"parameter {i} differs after resuming: {(a - b).abs().max()}"
+                assert torch.equal(a, b), (
+                    f"parameter {i} differs after resuming: {(a - b).abs().max()}")
         return body
 
     def widened_eight_bit():
@@ -413,7 +420,7 @@ def in_backward_checks(ctx) -> dict[str, Callable[[], None]]:
     }
 
 
-# --- checks: phase resume ---------------------------------------------------------------------------
+# --- checks: phase resume ------------------------------------------------------------------------
 def resume_checks(ctx) -> dict[str, Callable[[], None]]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (

@@ -100,7 +100,8 @@ def _one_process(directory: Path) -> dict[str, str]:
         expected = torch.load(directory / "two_ranks_continued-bfloat16.pt")
         # the rounding noise follows positions in each rank's flat state: close, not equal
         checks.assert_params_close(checks.full_params(model), expected,
-                                   "one process resumed from two ranks, bfloat16", rtol=0, atol=1e-3)
+                                   "one process resumed from two ranks, bfloat16",
+                                   rtol=0, atol=1e-3)
         outcomes["one-process-resumes-a-two-rank-bfloat16-checkpoint"] = "ok"
     except Exception as error:  # noqa: BLE001
         outcomes["one-process-resumes-a-two-rank-bfloat16-checkpoint"] = repr(error)

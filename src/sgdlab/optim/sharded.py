@@ -36,7 +36,7 @@ def is_dtensor(tensor: Any) -> bool:
     return DTensor is not None and isinstance(tensor, DTensor)
 
 
-# --- the rule on local shards ----------------------------------------------------------------------
+# --- the rule on local shards --------------------------------------------------------------------
 def execute(run: Callable[..., None], index: Any, group: dict[str, Any], params: list[Tensor],
             grads: list[Tensor], states: list[dict[str, Any]], state_dtype: Any,
             cache: dict[Any, Any]) -> None:
@@ -129,7 +129,7 @@ def _wrap_state(cache: dict[Any, Any], param: Tensor, state: dict[str, Any],
         del wrapped[key]
 
 
-# --- sums over every shard -------------------------------------------------------------------------
+# --- sums over every shard -----------------------------------------------------------------------
 def reduction_groups(params: list[Tensor]) -> list[Any]:
     """The process groups over which ``params`` (DTensors) are sharded: their mesh's dimensions
     with a ``Shard`` placement (a Replicate dimension holds copies, which must not be added)."""
@@ -179,7 +179,7 @@ def local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
-# --- ZeroRedundancyOptimizer -----------------------------------------------------------------------
+# --- ZeroRedundancyOptimizer ---------------------------------------------------------------------
 def constructing_zero() -> Any:
     """The ``ZeroRedundancyOptimizer`` that is constructing the caller's optimizer as its local
     optimizer (None outside one). ZeRO builds it as ``optimizer_class(this_ranks_param_groups,
@@ -219,7 +219,7 @@ def _zero_class() -> Any:
     return getattr(module, "ZeroRedundancyOptimizer", None)
 
 
-# --- 8-bit block scales in checkpoints ---------------------------------------------------------------
+# --- 8-bit block scales in checkpoints -----------------------------------------------------------
 # A rank's block scales (one per BLOCK elements of its shard) have no place in the parameter's
 # shape. In a state_dict they are a DTensor sharded over the parameter's sharding dimension,
 # each rank's part padded to the count of the largest shard, so that every rank's part has
