@@ -107,3 +107,48 @@ def test_8bit_state_sharded_over_two_mesh_dimensions_is_refused_and_changes_noth
         optimizer.step()
     assert torch.equal(weight.full_tensor(), before)
     assert not optimizer.state and "compact_state_step" not in optimizer.param_groups[0]
+
+
+def test_schedule_free_resumes_bit_for_bit_from_a_distributed_checkpoint(mesh, tmp_path):
+    # A fresh optimizer's state for get_optimizer_state_dict comes from a step at lr 0, which
+    # schedule-free takes in train mode only: train() first (docs/distributed.md).
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        for layer in (model[0], model[2], model):
+            fully_shard(layer, mesh=mesh)
+        optimizer = sgdlab.ScheduleFreeAdamW(model.parameters(), lr=0.01, warmup_steps=2)
+        optimizer.train()
+        return model, optimizer
+
+    def train(model, optimizer, batches):
+        for x, y in batches:
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 4, generator=generator), torch.randn(8, 2, generator=generator))
+               for _ in range(6)]
+    model, optimizer = make()
+    train(model, optimizer, batches[:3])
+    optimizer.eval()  # saved at x, as the schedule-free docs say
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp_path / "ckpt")
+    optimizer.train()
+    train(model, optimizer, batches[3:])
+
+    resumed, resumed_optimizer = make()
+    model_state, optimizer_state = get_state_dict(resumed, resumed_optimizer)
+    saved = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(saved, checkpoint_id=tmp_path / "ckpt")
+    set_state_dict(resumed, resumed_optimizer, model_state_dict=saved["model"],
+                   optim_state_dict=saved["optimizer"])
+    resumed_optimizer.train()
+    train(resumed, resumed_optimizer, batches[3:])
+    for p, q in zip(resumed.parameters(), model.parameters()):
+        assert torch.equal(p.full_tensor(), q.full_tensor())
