@@ -304,3 +304,25 @@ def test_bench_times_muon_against_torch_muon():
 
 def _bench_shapes():
     return [(8, 4), (8,), (8, 4)]  # the 1-D tensor is left out for Muon
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_fsdp2_sharded_matrices_are_refused_naming_the_shape(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+        fully_shard(model, mesh=mesh)
+        weights = [p for p in model.parameters() if p.ndim == 2]
+        with pytest.raises(ValueError, match=r"DTensor .*global shape \[8, 4\]"):
+            sgdlab.Muon(weights)
+        optimizer = MuonWithAdamW(model.parameters())
+        model(torch.randn(3, 4)).sum().backward()
+        with pytest.raises(ValueError, match="Newton-Schulz needs each whole matrix"):
+            optimizer.step()
+    finally:
+        dist.destroy_process_group()

@@ -109,14 +109,21 @@ class Rule:
         Hyperparameters the face does not name, or whose value is absent, are left out (the
         update's default, or a value the adapter adds)."""
         arguments: dict[str, Any] = {}
-        for hyperparameter in self.hyperparameters:
-            key = hyperparameter.torch_key if face == "torch" else hyperparameter.keras_key
-            if key is None:
-                continue
-            found, value = _lookup(values, key)
-            if found:
-                arguments[hyperparameter.name] = value
+        # Once per group and step: the names are parsed once per declaration (_keys).
+        for name, base, index in self._keys(face):
+            if base in values:
+                value = values[base]
+                arguments[name] = value if index is None else value[index]
         return arguments
+
+    def _keys(self, face: str) -> list[tuple[str, str, int | None]]:
+        cache = self.__dict__.setdefault("_parsed_keys", {})
+        keys = cache.get(face)
+        if keys is None:
+            keys = cache[face] = [
+                (h.name, *_split(key)) for h in self.hyperparameters
+                if (key := h.torch_key if face == "torch" else h.keras_key) is not None]
+        return keys
 
     def face_name(self, name: str, face: str) -> str:
         """What ``face`` calls the hyperparameter that torch calls ``name`` (or that is
@@ -183,12 +190,3 @@ def _split(key: str) -> tuple[str, int | None]:
         base, index = key[:-1].split("[", 1)
         return base, int(index)
     return key, None
-
-
-def _lookup(values: Mapping[str, Any], key: str) -> tuple[bool, Any]:
-    base, index = _split(key)
-    if base not in values:
-        return False, None
-    value = values[base]
-    return True, (value if index is None else value[index])
-
