@@ -245,12 +245,40 @@ def test_in_backward_steps_as_step():
     handle.remove()
 
 
-def test_compact_state_is_refused_saying_why():
-    for cls in (sgdlab.Muon, MuonWithAdamW):
-        optimizer = cls([torch.nn.Parameter(torch.zeros(4, 4))])
-        for dtype in (torch.bfloat16, torch.uint8):
-            with pytest.raises(ValueError, match="Invalid state_dtype.*not elementwise"):
-                compact_state(optimizer, dtype)
+def _train_compact(cls, values, dtype, steps=12):
+    params = [torch.nn.Parameter(v.clone()) for v in values]
+    optimizer = cls(params, lr=0.02)
+    if dtype is not None:
+        compact_state(optimizer, dtype)
+    return _train(None, values, {}, steps, optimizer=optimizer)
+
+
+@pytest.mark.parametrize("cls", [sgdlab.Muon, MuonWithAdamW], ids=["Muon", "MuonWithAdamW"])
+def test_bfloat16_momentum_trains_within_its_rounding(cls):
+    values = [v * 0.1 for v in _params([(256, 128)] * 2 + [(8, 4)])]
+    if cls is MuonWithAdamW:
+        values.append(torch.randn(4096) * 0.1)  # AdamW's part: the grouped path's bfloat16
+    reference, _ = _train_compact(cls, values, None)
+    params, optimizer = _train_compact(cls, values, torch.bfloat16)
+    assert {v.dtype for s in optimizer.state.values() for v in s.values() if v.dim()} == {
+        torch.bfloat16}
+    moved = max((r - v).abs().max().item() for r, v in zip(reference, values))
+    difference = max((p - r).abs().max().item() for p, r in zip(params, reference))
+    assert 0 < difference < 0.05 * moved  # rounding noise, not a different trajectory
+    with pytest.raises(ValueError, match="Invalid state_dtype.*not elementwise"):
+        compact_state(cls([torch.nn.Parameter(torch.zeros(4, 4))]), torch.uint8)
+
+
+def test_bfloat16_checkpoints_load_into_torch_and_back():
+    values = _params([(256, 128)] * 2)
+    params, optimizer = _train_compact(sgdlab.Muon, values, torch.bfloat16, steps=2)
+    theirs = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.02)
+    theirs.load_state_dict(optimizer.state_dict())  # widened to the parameters' dtype by torch
+    ours = sgdlab.Muon([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.02)
+    compact_state(ours, torch.bfloat16)
+    ours.load_state_dict(theirs.state_dict())
+    _train(None, values, {}, 1, optimizer=ours)
+    assert {s["momentum_buffer"].dtype for s in ours.state.values()} == {torch.bfloat16}
 
 
 def test_muon_with_adamw_is_muon_for_matrices_and_adamw_for_the_rest():

@@ -194,7 +194,9 @@ MUON = Rule(
     # Newton-Schulz is a matrix operation: tensor by tensor (or stacks of same-shape matrices).
     elementwise=False,
     stacks=True,
-    compact_state=False,
+    # bfloat16 momentum, rounded stochastically by the stacked path; 8-bit codes are the grouped
+    # elementwise path's, which a matrix operation cannot take.
+    compact_state=("bfloat16",),
 )
 
 

@@ -115,6 +115,17 @@ class RuleOptimizer(Optimizer):
         check_min_8bit_size(group.get("min_8bit_size", MIN_8BIT_SIZE))
 
     def check_state_dtype(self, state_dtype: Any) -> None:
+        declaration = type(self).declaration
+        named = [rule.compact_state for rule in ([declaration, *[r.rule for r in declaration.routes]]
+                                                 if declaration is not None else [])
+                 if isinstance(rule.compact_state, tuple)]
+        if state_dtype is not None and named and any(
+                str(state_dtype).removeprefix("torch.") not in dtypes for dtypes in named):
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} stores its state in "
+                f"{' or '.join(sorted(set(named[0])))} at most: 8-bit codes are encoded by the "
+                "grouped elementwise execution path only, and its update is not elementwise)"
+            )
         if state_dtype is not None and not type(self).compact_state_supported:
             why = ""
             if not type(self).grouped_execution_supported:
@@ -385,6 +396,16 @@ class RuleOptimizer(Optimizer):
                 if compact:
                     group[ROUNDING_STEP] = rounding_step
                 return
+        declared = type(self).declaration if rule is None else rule
+        if (compact and declared is not None and declared.stacks
+                and state_dtype == torch.bfloat16 and not group.get("differentiable")):
+            # bfloat16 state of a rule that takes stacks (Muon): widened, stepped, rounded back
+            # stochastically, stack by stack.
+            _check_state_shapes(group, params, states)
+            stacked.stacked(update, params, grads, states, hyperparameters,
+                            rounding_step=rounding_step)
+            group[ROUNDING_STEP] = rounding_step
+            return
         if compact:
             _check_state_shapes(group, params, states)  # a checkpoint that does not fit: say so
             raise ValueError(
@@ -393,7 +414,6 @@ class RuleOptimizer(Optimizer):
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
-        declared = type(self).declaration if rule is None else rule
         if (declared is not None and declared.stacks and len(params) > 1
                 and not group.get("differentiable") and not group.get("capturable")):
             # Same-shape tensors in one call of the rule (Muon: batched Newton-Schulz).
