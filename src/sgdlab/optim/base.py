@@ -11,6 +11,7 @@ only its signature and, if the algorithm has any, its group-level steps (hooks b
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.algorithms.rule import Rule
-from sgdlab.optim import execution, quantized, stacked
+from sgdlab.optim import execution, quantized, sharded, stacked
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -363,6 +364,12 @@ class RuleOptimizer(Optimizer):
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
                  state_dtype: torch.dtype | None, rule: Rule | None = None) -> None:
+        if sharded.is_dtensor(params[0]) and not group.get("differentiable") and (
+                type(self).grouped_execution_supported if rule is None else rule.elementwise):
+            # FSDP2 shards of an elementwise rule: it runs on each rank's local tensors
+            sharded.execute(functools.partial(self._execute, rule=rule), index, group, params,
+                            grads, states, state_dtype, self.__dict__.setdefault("_shards", {}))
+            return
         arguments = (self.rule_hyperparameters(group) if rule is None
                      else self.rule_hyperparameters(group, rule))
         hyperparameters = {
@@ -402,7 +409,7 @@ class RuleOptimizer(Optimizer):
             _check_state_shapes(group, params, states)  # a checkpoint that does not fit: say so
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} needs the grouped execution path: plain, "
-                "dense, contiguous tensors of one device and dtype (not DTensor / FSDP2 shards), "
+                "dense, contiguous tensors (or FSDP2 shards) of one device and dtype, "
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
