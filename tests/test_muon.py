@@ -317,6 +317,7 @@ def test_lab_spec_builds_the_recipe_and_checks_values():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     optimizer = spec.build(model.parameters())
     assert isinstance(optimizer, MuonWithAdamW)
+    assert sgdlab.MuonWithAdamW is MuonWithAdamW  # tune's "ready to paste" code says sgdlab.<Class>
     model(torch.randn(5, 4)).pow(2).sum().backward()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.step()
