@@ -8,8 +8,10 @@ One evaluation is a *record*, a flat dict::
 
     {"run": "sgd-seed0-1a2b3c4d", "task": "digits", "optimizer": "sgd", "spec": "sgd", "seed": 0,
      "epoch": 3, "step": 135, "examples": 4314, "time": 0.41,          # training seconds so far
-     "train_loss": 0.21, "test_loss": 0.25, "train_accuracy": 0.95, "test_accuracy": 0.93,
-     "diverged": false}
+     "train_loss": 0.21, "val_loss": 0.24, "test_loss": 0.25, "train_accuracy": 0.95,
+     "val_accuracy": 0.93, "test_accuracy": 0.93, "diverged": false}
+
+(``val_*`` only for tasks with a validation split; every built-in task has one.)
 
 Epoch 0 is the untrained model. Reusing it from Python, e.g. for a tuner that prunes::
 
@@ -51,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from sgdlab.lab.schedules import run_steps
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.tasks import Task
 
@@ -217,12 +220,19 @@ def train_run(
     rid = run_id(task, spec, seed, budget, batch)
     path = Path(checkpoint) if checkpoint is not None else None
 
+    schedule = spec.schedule(task)
+    total_steps = run_steps(task.n_train, batch, budget.epochs, budget.steps)
+    if not schedule.constant and total_steps is None:
+        raise ValueError(f"{spec.label!r}: a learning-rate schedule needs an epoch or step budget "
+                         "(a time budget alone does not say when the run ends)")
+
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Generator]:
         torch.manual_seed(seed)
         model = task.model()
         return model, spec.build(model.parameters(), task), torch.Generator().manual_seed(seed)
 
     model, optimizer, shuffle = fresh()
+    scheduler = schedule.build(optimizer, total_steps) if total_steps is not None else None
     epoch, step, examples, seconds = 0, 0, 0, 0.0
     records: list[dict[str, Any]] = []
     status = None
@@ -236,6 +246,8 @@ def train_run(
                 return RunResult(rid, spec.label, seed, status, records, saved.get("error"))
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
             shuffle.set_state(saved["shuffle"])
             epoch, step, examples, seconds = saved["epoch"], saved["step"], saved["examples"], saved["seconds"]
         except Exception as error:  # cut short (power cut, full disk), or not this run's state
@@ -243,6 +255,7 @@ def train_run(
             _warn(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); moved to {aside.name}, "
                   "the run starts over")
             model, optimizer, shuffle = fresh()  # a failed load may have changed them halfway
+            scheduler = schedule.build(optimizer, total_steps) if total_steps is not None else None
             epoch, step, examples, seconds = 0, 0, 0, 0.0
             records, status = [], None
 
@@ -253,6 +266,7 @@ def train_run(
         state = {
             "records": records, "status": status, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "shuffle": shuffle.get_state(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch, "step": step, "examples": examples, "seconds": seconds,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -266,6 +280,7 @@ def train_run(
         _switch(optimizer, "eval")
         train_loss, train_metrics = evaluate(task, model, task.x_train, task.y_train)
         test_loss, test_metrics = evaluate(task, model, task.x_test, task.y_test)
+        val = evaluate(task, model, task.x_val, task.y_val) if task.has_validation else None
         _switch(optimizer, "train")
         diverged = diverged or not (math.isfinite(train_loss) and math.isfinite(test_loss))
         entry: dict[str, Any] = {
@@ -274,6 +289,9 @@ def train_run(
             "examples": examples, "time": round(seconds, 6),
             "train_loss": _finite_or_none(train_loss), "test_loss": _finite_or_none(test_loss),
         }
+        if val is not None:
+            entry["val_loss"] = _finite_or_none(val[0])
+            entry.update({f"val_{k}": v for k, v in val[1].items()})
         entry.update({f"train_{k}": v for k, v in train_metrics.items()})
         entry.update({f"test_{k}": v for k, v in test_metrics.items()})
         entry["diverged"] = diverged
@@ -311,6 +329,8 @@ def train_run(
                 return loss
 
             loss = optimizer.step(closure)
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             examples += len(yb)
             if loss is not None and not math.isfinite(float(loss.detach() if torch.is_tensor(loss) else loss)):
