@@ -135,3 +135,20 @@ def test_a_task_without_validation_data_gets_a_deterministic_split_of_its_traini
         task.with_validation(1.5)
     with pytest.raises(ValueError, match="x_val and y_val"):
         Task(name="half", model=lambda: torch.nn.Linear(3, 2), x_train=x, y_train=y, x_test=x, y_test=y, x_val=x)
+
+
+def test_mnist1d_carries_the_papers_baselines_and_a_report_shows_them_beside_the_race(tmp_path):
+    import dataclasses
+
+    from sgdlab.lab.report import build_report, references_section, write_report
+    from sgdlab.lab.runner import run_race
+    from sgdlab.lab.specs import parse_spec
+
+    assert get_task("mnist1d", num_samples=100).references == {
+        "logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
+    task = dataclasses.replace(get_task("logistic", n=200, dim=4), references={"CNN": 0.94})
+    race = run_race(task, [parse_spec("sgd")], seeds=1, epochs=1, workers=1, progress=False, out=tmp_path)
+    caption, header, rows = references_section(build_report(race))
+    assert rows[0] == ["CNN (published)", "94%"] and rows[-1][0] == "this race, best: sgd"
+    write_report(build_report(race), tmp_path)
+    assert "## Published numbers" in (tmp_path / "report.md").read_text()

@@ -8,7 +8,7 @@ import sys
 
 EXAMPLES = """\
 examples:
-  sgdlab benchmark --quick                          digits and logistic, 3 optimizers, ~3 minutes on 2 cores
+  sgdlab benchmark --quick                          digits, logistic, mnist1d; 3 optimizers; a few minutes
   sgdlab benchmark                                  the full suite: digits, logistic, mnist1d, modular
   sgdlab benchmark --task digits --task mnist1d --target mnist1d=0.9 --epochs mnist1d=30
   sgdlab benchmark --opt momentum --opt torch.NAdam:decoupled_weight_decay=True,schedule=cosine,warmup=0.05,label=nadamw
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--task", action="append", default=None, metavar="NAME",
                         help="a workload's task, repeatable (default: digits, logistic, mnist1d, modular; "
-                        "with --quick: digits, logistic)")
+                        "with --quick: digits, logistic, mnist1d)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
                         help="validation target of a task's metric (default: the suite's)")
     parser.add_argument("--epochs", action="append", default=[], metavar="N|NAME=N",
@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opt", action="append", default=None, metavar="SPEC",
                         help="optimizer spec, repeatable (default: momentum, adamw, adamw with cosine schedule, "
                         "schedulefree_adamw; with --quick: momentum, adamw, schedulefree_adamw)")
-    parser.add_argument("--studies", default=None, metavar="N", help="studies per ruleset (default: 3; --quick 2)")
+    parser.add_argument("--studies", default=None, metavar="N",
+                        help="studies per ruleset; the median of an odd number is one study's time (default: 3)")
     parser.add_argument("--trials", default=None, metavar="K",
                         help="external tuning: trials per study (default: 5; --quick 3)")
     parser.add_argument("--workers", default=None, metavar="N", help="parallel worker processes (default: 1)")
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         return _error(f"unknown task {unknown[0]!r}; valid tasks: {', '.join(task_names())}")
     try:
-        studies = _positive(args.studies, "--studies", 2 if args.quick else 3)
+        studies = _positive(args.studies, "--studies", 3)
         trials = _positive(args.trials, "--trials", 3 if args.quick else 5)
         workers = _positive(args.workers, "--workers", 1)
         targets, every_target = _per_task(args.target, "--target", tasks, _number)

@@ -75,7 +75,7 @@ class Workload:
 # Targets and budgets: the validation accuracy a tuned optimizer reaches in about half the budget
 # (docs/lab/benchmark.md says how they were measured). The quick suite shortens the budgets.
 DEFAULT_SUITE = {"digits": (0.95, 12), "logistic": (0.815, 10), "mnist1d": (0.85, 25), "modular": (0.9, 40)}
-QUICK_SUITE = {"digits": (0.94, 6), "logistic": (0.815, 4)}
+QUICK_SUITE = {"digits": (0.94, 6), "logistic": (0.815, 4), "mnist1d": (0.7, 8)}
 
 
 def workload(name: str, target: float | None = None, epochs: int | None = None, quick: bool = False) -> Workload:
@@ -141,6 +141,7 @@ def sample_configurations(spec: OptimizerSpec, task: Task, trials: int, study: i
     fixed), seeded by ``study``; labelled ``<label> s<study> t<trial>``."""
     import optuna
 
+    from sgdlab.lab.tune.report import rounded_spec
     from sgdlab.lab.tune.space import SearchSpace, default_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -161,7 +162,8 @@ def sample_configurations(spec: OptimizerSpec, task: Task, trials: int, study: i
         values = space.suggest(trial)
         search.tell(trial, 0.0)
         tuned, _ = space.configuration(values, task)
-        configs.append(OptimizerSpec(tuned.name, tuned.hyperparameters, f"{spec.label} s{study} t{index}"))
+        # Three significant digits: a configuration worth pasting, and the same for every machine.
+        configs.append(rounded_spec(tuned, label=f"{spec.label} s{study} t{index}"))
     return configs
 
 
