@@ -29,7 +29,7 @@ from collections import defaultdict
 import torch
 
 import sgdlab
-from sgdlab.optim import execution, native
+from sgdlab.optim import grouped, native
 
 SHAPES = [(), (7,), (33, 5), (1000,), (4097,), (3, 5, 7, 9)]
 # Gradient scales per tensor: ordinary, tiny (Adam's eps matters), large.
@@ -85,10 +85,10 @@ class Path:
         self.native_on, self.compile_min = native_on, compile_min
 
     def __call__(self, cls, options, dtype, steps):
-        saved = os.environ.get("SGDLAB_NATIVE"), execution.COMPILE_MIN_NUMEL
+        saved = os.environ.get("SGDLAB_NATIVE"), grouped.COMPILE_MIN_NUMEL
         os.environ["SGDLAB_NATIVE"] = "1" if self.native_on else "0"
         if self.compile_min is not None:
-            execution.COMPILE_MIN_NUMEL = self.compile_min
+            grouped.COMPILE_MIN_NUMEL = self.compile_min
         try:
             return trajectory(cls, {**options, **self.options}, dtype, steps)
         finally:
@@ -96,7 +96,7 @@ class Path:
                 os.environ.pop("SGDLAB_NATIVE", None)
             else:
                 os.environ["SGDLAB_NATIVE"] = saved[0]
-            execution.COMPILE_MIN_NUMEL = saved[1]
+            grouped.COMPILE_MIN_NUMEL = saved[1]
 
 
 def sgd_grid(quick: bool):

@@ -262,11 +262,11 @@ def test_eight_bit_portable_c_codec_stores_the_same_bits(cls, options, monkeypat
 def test_eight_bit_pytorch_path_in_small_buckets_stores_the_same_bits(cls, options, monkeypatch):
     # The PyTorch path works bucket by bucket: buckets of 1280 elements (5 blocks) cut the
     # (70_001,) tensor into pieces, and the first holds both small tensors, padded.
-    from sgdlab.optim import execution
+    from sgdlab.optim import layout as state_layout
 
     _, native = run(cls, options, torch.uint8, steps=4, shapes=EIGHT_BIT_SHAPES)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
-    monkeypatch.setattr(execution, "BUCKET_NUMEL", 5 * quantized.BLOCK)
+    monkeypatch.setattr(state_layout, "BUCKET_NUMEL", 5 * quantized.BLOCK)
     params, bucketed = run(cls, options, torch.uint8, steps=4, shapes=EIGHT_BIT_SHAPES)
     layout = next(iter(bucketed._layouts.values()))
     assert len(layout.buckets()) > 50 and any(len(b.pieces) > 1 for b in layout.buckets())
@@ -278,14 +278,14 @@ def test_eight_bit_pytorch_path_in_small_buckets_stores_the_same_bits(cls, optio
 
 def test_eight_bit_compiled_pytorch_path_stores_the_same_bits(monkeypatch):
     # The CUDA path: codec and program compiled by Inductor (C++ here, Triton on GPUs).
-    from sgdlab.optim import execution
+    from sgdlab.optim import grouped
 
     cls, options = EIGHT_BIT_CASES[3]
     params_c, native = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
-    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(grouped, "COMPILE_MIN_NUMEL", 0)
     params, compiled = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
-    assert not execution._compile_failed
+    assert not grouped._compile_failed
     assert_same_state(native, compiled)
     for p, q in zip(params_c, params):
         # compiled and C division/sqrt can round an update an ulp apart, and so a parameter
@@ -339,14 +339,15 @@ def test_a_helper_thread_that_starts_late_finds_nothing_to_do(monkeypatch):
 def test_eight_bit_compile_failure_midway_falls_back_without_stepping_twice(monkeypatch):
     # Compiling can fail on a later bucket (a new shape): that bucket and the rest run eagerly,
     # the buckets already done are not stepped again, and the result is the C loop's.
-    from sgdlab.optim import execution
+    from sgdlab.optim import grouped
+    from sgdlab.optim import layout as state_layout
 
     cls, options = EIGHT_BIT_CASES[1]
     _, native = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
-    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
-    monkeypatch.setattr(execution, "BUCKET_NUMEL", 5 * quantized.BLOCK)
-    monkeypatch.setattr(execution, "_compile_failed", [])
+    monkeypatch.setattr(grouped, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(state_layout, "BUCKET_NUMEL", 5 * quantized.BLOCK)
+    monkeypatch.setattr(grouped, "_compile_failed", [])
     calls = []
 
     def failing_codec():
@@ -360,7 +361,7 @@ def test_eight_bit_compile_failure_midway_falls_back_without_stepping_twice(monk
     monkeypatch.setattr(quantized, "compiled_codec", failing_codec)
     with pytest.warns(RuntimeWarning, match="compiling the optimizer step failed"):
         params, fallback = run(cls, options, torch.uint8, steps=3, shapes=EIGHT_BIT_SHAPES)
-    assert len(execution._compile_failed) == 1
+    assert len(grouped._compile_failed) == 1
     assert_same_state(native, fallback)
     for p, q in zip(native.state, fallback.state):
         assert torch.equal(p, q)
@@ -677,7 +678,8 @@ def test_a_non_finite_gradient_poisons_its_element_only_as_in_float32(cls, optio
 @pytest.mark.parametrize("cls, options", NAN_CASES, ids=["adamw", "adam-amsgrad", "sgd"])
 def test_every_codec_path_stores_non_finite_values_with_the_same_bits(cls, options, path,
                                                                        monkeypatch):
-    from sgdlab.optim import execution, native
+    from sgdlab.optim import native
+    from sgdlab.optim import layout as state_layout
 
     monkeypatch.setenv("SGDLAB_NATIVE", "0")
     _, reference = nan_run(cls, options, torch.uint8, bad=NON_FINITE)  # the PyTorch codec
@@ -688,7 +690,7 @@ def test_every_codec_path_stores_non_finite_values_with_the_same_bits(cls, optio
     elif path.startswith("pytorch"):
         monkeypatch.setenv("SGDLAB_NATIVE", "0")
         if path == "pytorch-buckets":
-            monkeypatch.setattr(execution, "BUCKET_NUMEL", 5 * quantized.BLOCK)
+            monkeypatch.setattr(state_layout, "BUCKET_NUMEL", 5 * quantized.BLOCK)
     _, other = nan_run(cls, options, torch.uint8, bad=NON_FINITE)
     assert_same_state(reference, other)
     state = next(iter(reference.state.values()))

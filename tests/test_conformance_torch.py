@@ -2,7 +2,7 @@
 
 The torch wheel ships ``optim_db`` (torch/testing/_internal/common_optimizers.py): for each
 optimizer, the inputs PyTorch's test suite constructs it with and the invalid inputs with the
-exception type and message each must raise. For its SGD, Adam and AdamW entries, every error input
+exception type and message each must raise. For its SGD, Adam, AdamW and Muon entries, every error input
 must raise the same exception type with a message matching torch's pattern, and every CPU input
 (with each of the foreach / fused / differentiable flags torch tests on CPU) must step like
 torch.optim, save checkpoints that torch.optim loads and load checkpoints torch.optim saves, and
@@ -27,8 +27,11 @@ import sgdlab
 
 DEVICE, DTYPE = "cpu", torch.float32
 INFOS = {info.optim_cls.__name__: info for info in optim_db
-         if info.optim_cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)}
-OURS = {"SGD": sgdlab.SGD, "Adam": sgdlab.Adam, "AdamW": sgdlab.AdamW}
+         if info.optim_cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW,
+                               torch.optim.Muon)}
+OURS = {"SGD": sgdlab.SGD, "Adam": sgdlab.Adam, "AdamW": sgdlab.AdamW, "Muon": sgdlab.Muon}
+# Muon takes matrices only (its runs here give the bias the shape of a column).
+MATRICES_ONLY = ("Muon",)
 
 # Parameters after 5 steps (and after 3 more from a loaded checkpoint) must match torch.optim's to
 # within this, in float32 on values of order 1. Measured largest difference over every input here
@@ -49,6 +52,8 @@ def _input_cases():
     for name, info in INFOS.items():
         for optim_input in _get_optim_inputs_including_global_cliquey_kwargs(DEVICE, DTYPE, info):
             yield pytest.param(name, optim_input.kwargs, id=f"{name}-{optim_input.desc}")
+        if name in MATRICES_ONLY:
+            continue  # no foreach, fused or capturable flags (torch.optim.Muon has none)
         # optim_db adds foreach=True only on devices with foreach kernels; torch.optim runs it on
         # the CPU too (the multi-tensor code on its slow path), so it is compared here as well.
         for optim_input in info.optim_inputs_func(device=DEVICE):
@@ -86,6 +91,8 @@ class Run:
     """A linear model's weight and bias, stepped with closures by one optimizer class."""
 
     def __init__(self, cls, kwargs, weight, bias):
+        if cls.__name__ in MATRICES_ONLY:
+            bias = bias.reshape(-1, 1)
         self.differentiable = bool(kwargs.get("differentiable"))
         # A differentiable optimizer updates non-leaf tensors (torch.optim refuses in-place
         # updates of leaves that require grad when it records the step).
@@ -99,7 +106,7 @@ class Run:
         with torch.enable_grad():
             w = self.weight.detach().requires_grad_()
             b = self.bias.detach().requires_grad_()
-            loss = (w.mv(INPUT) + b).pow(2).sum() + (w * w).sum().sqrt()
+            loss = (w.mv(INPUT) + b.reshape(-1)).pow(2).sum() + (w * w).sum().sqrt()
             self.weight.grad, self.bias.grad = torch.autograd.grad(loss, (w, b))
         return loss.detach()
 
@@ -108,7 +115,7 @@ class Run:
         return losses
 
     def params(self):
-        return [self.weight.detach().clone(), self.bias.detach().clone()]
+        return [self.weight.detach().clone(), self.bias.detach().clone().reshape(-1)]
 
 
 torch.manual_seed(0)
@@ -178,5 +185,5 @@ def test_input_steps_and_checkpoints_like_torch(name, kwargs):
 
 def test_optim_db_still_has_the_entries_and_cases_this_module_runs():
     # A torch upgrade that renamed or emptied these would otherwise make the module pass vacuously.
-    assert set(INFOS) == {"SGD", "Adam", "AdamW"}
+    assert set(INFOS) == {"SGD", "Adam", "AdamW", "Muon"}
     assert len(list(_error_cases())) >= 20 and len(list(_input_cases())) >= 80

@@ -20,7 +20,8 @@ import torch
 
 import sgdlab
 from sgdlab.algorithms import adam, sgd
-from sgdlab.optim import RuleOptimizer, execution, native, program, torch_ops
+from sgdlab.optim import RuleOptimizer, execution, native, program, runners, torch_ops
+from sgdlab.optim import grouped as grouped_execution
 
 # A 0-d tensor, small tensors of several ranks and one tensor above BIG_TENSOR_NUMEL (updated in
 # place rather than concatenated).
@@ -152,13 +153,13 @@ def test_many_small_tensors_cost_one_kernel_call(monkeypatch):
 
 def test_many_small_tensors_cost_one_eager_program_call(monkeypatch, eager_grouped):
     calls = []
-    original = program.eager
+    original = runners.eager
 
     def counting(prog):
         function = original(prog)
         return lambda *args: (calls.append(len(args[0][0])), function(*args))
 
-    monkeypatch.setattr(program, "eager", counting)
+    monkeypatch.setattr(runners, "eager", counting)
     shapes = [(3, 4)] * 50 + [(execution.BIG_TENSOR_NUMEL,)] * 2
     run(sgdlab.SGD, dict(lr=0.1, momentum=0.9), steps=1, shapes=shapes)
     # One call for the 50 concatenated small tensors, one per big tensor.
@@ -233,13 +234,13 @@ def test_checkpoint_from_torch_adamw_continues_identically():
 # --- compiled (Inductor) path: one compile per program text per test session -------------------
 @pytest.fixture
 def compile_everything(monkeypatch):
-    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 0)
+    monkeypatch.setattr(grouped_execution, "COMPILE_MIN_NUMEL", 0)
     monkeypatch.setenv("SGDLAB_NATIVE", "0")  # Inductor is the fallback of the C path
 
 
 def test_compiled_sgd_is_bit_identical(compile_everything, monkeypatch):
     # Three big tensors in batches of two: one full batch, one padded with scratch tensors.
-    monkeypatch.setattr(execution, "BATCH_SLOTS", 2)
+    monkeypatch.setattr(grouped_execution, "BATCH_SLOTS", 2)
     big = execution.BIG_TENSOR_NUMEL
     shapes = [(7,), (300, 3), (big,), (big + 5,), (big + 1,)]
     options = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)
@@ -324,7 +325,7 @@ def test_compiled_bfloat16_state_rounds_like_the_eager_program(compile_everythin
         return params, [optimizer.state[p]["momentum_buffer"] for p in params]
 
     compiled_params, compiled = states()
-    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 1 << 62)  # the same run, eagerly
+    monkeypatch.setattr(grouped_execution, "COMPILE_MIN_NUMEL", 1 << 62)  # the same run, eagerly
     eager_params, eager = states()
     for a, b in zip(compiled, eager):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
@@ -348,7 +349,7 @@ def test_compiled_eight_bit_state_matches_the_eager_program(compile_everything, 
         return params, [dict(optimizer.state[p]) for p in params]
 
     compiled_params, compiled = states()
-    monkeypatch.setattr(execution, "COMPILE_MIN_NUMEL", 1 << 62)
+    monkeypatch.setattr(grouped_execution, "COMPILE_MIN_NUMEL", 1 << 62)
     eager_params, eager = states()
     for a, b in zip(compiled, eager):
         for key in a:

@@ -226,3 +226,59 @@ def test_swats_switch_warning_points_at_the_caller_of_step():
     with pytest.warns(RuntimeWarning, match="non-positive") as caught:
         optimizer.step()
     assert caught[0].filename == __file__
+
+
+# --- every optimizer under every execution mode --------------------------------------------------
+MODES = ["step", "per-tensor", "in-backward", "bfloat16", "8-bit"]
+
+
+def train_in_mode(name, mode):
+    cls, options = CASES[name]
+    model, groups = model_and_groups()
+    if mode == "per-tensor":
+        groups = [{**group, "foreach": False} for group in groups]
+    if mode in ("bfloat16", "8-bit"):
+        dtype = torch.bfloat16 if mode == "bfloat16" else torch.uint8
+        groups = [{**group, "state_dtype": dtype, "min_8bit_size": 0} for group in groups]
+    optimizer = cls(groups, **options)
+    if hasattr(optimizer, "train"):
+        optimizer.train()
+    if mode == "in-backward":
+        handle = optimizer_in_backward(optimizer)
+    for batch in batches():
+        if mode != "in-backward":
+            optimizer.zero_grad()
+        loss(model, batch).backward()
+        if mode != "in-backward":
+            optimizer.step()
+    if mode == "in-backward":
+        handle.remove()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", CASES)
+def test_every_optimizer_trains_alike_in_every_execution_mode(name, mode):
+    """Each mode runs the same declared rule: per-tensor and in-backward within rounding of the
+    sqrt (the grouped C loop's is correctly rounded, eager CPU's is MKL's) of plain step();
+    compact state within its rounding, with its storage dtype; or a clear refusal where the
+    declaration says the rule keeps float32 state."""
+    cls = CASES[name][0]
+    reference, _ = train_in_mode(name, "step")
+    compact = mode in ("bfloat16", "8-bit")
+    if compact and not cls.compact_state_supported:
+        with pytest.raises(ValueError, match="state_dtype"):
+            train_in_mode(name, mode)
+        return
+    model, optimizer = train_in_mode(name, mode)
+    tolerance = dict(rtol=0, atol=0.05) if compact else dict(rtol=1e-5, atol=1e-6)
+    moved = max((p - q).abs().max().item() for p, q in zip(model.parameters(),
+                                                             reference.parameters()))
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, **tolerance)
+    if compact:
+        stored = {value.dtype for state in optimizer.state.values() for value in state.values()
+                  if isinstance(value, torch.Tensor) and value.dim()}
+        assert stored and stored <= {torch.bfloat16, torch.uint8, torch.float32}
+        assert (torch.bfloat16 if mode == "bfloat16" else torch.uint8) in stored
+        assert moved > 0  # the compact run is a run of its own, not the reference's numbers

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sgdlab
-from sgdlab.algorithms import adam, adam_init, sgd
+from sgdlab.algorithms import ADAM, adam, sgd
 
 
 def test_velocity_form_is_keras_sgd_by_hand():
@@ -37,7 +37,7 @@ def test_velocity_form_nesterov_is_keras_nesterov_by_hand():
 
 def test_eps_hat_is_keras_adam_by_hand():
     lr, b1, b2, eps, g = 0.1, 0.9, 0.999, 1e-3, np.array([0.01])
-    state = adam_init(np.zeros(1), zeros_like=np.zeros_like)
+    state = ADAM.init_state(np.zeros(1), {}, zeros_like=np.zeros_like, clone=np.copy)
     w, _ = adam(np.array([1.0]), g, state, lr=lr, beta1=b1, beta2=b2, eps=eps, eps_hat=True, ops=np)
     alpha = lr * math.sqrt(1 - b2) / (1 - b1)
     np.testing.assert_allclose(w, 1.0 - alpha * (1 - b1) * g / (np.sqrt((1 - b2) * g * g) + eps))

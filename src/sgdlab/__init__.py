@@ -6,7 +6,16 @@
 The math lives in :mod:`sgdlab.algorithms`; the PyTorch classes in :mod:`sgdlab.optim`.
 """
 
-from sgdlab.optim import SAM, SGD, SWATS, Adam, AdamW, ScheduleFreeAdamW, ScheduleFreeSGD
+from sgdlab.optim import (
+    SAM,
+    SGD,
+    SWATS,
+    Adam,
+    AdamW,
+    Muon,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 
 __version__ = "0.1.0"
 
@@ -14,6 +23,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Muon",
     "SWATS",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",

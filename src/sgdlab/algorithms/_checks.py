@@ -10,7 +10,24 @@ TypeError, the exception torch.optim raises when it compares it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Invalid(NamedTuple):
+    """What an invalid-hyperparameter error is about, for a face to word it its own way (the
+    Keras face says ``Argument `beta_1` must be a float in [0, 1).``)."""
+
+    name: str  # torch's name (``betas[0]``)
+    value: Any
+    requirement: str  # ">= 0", "in [0, 1)", "in (0, 1)"
+
+
+def invalid(message: str, *, name: str, value: Any, requirement: str) -> ValueError:
+    """A ValueError (exactly: torch.optim raises exactly that) with torch.optim's message, and
+    its subject as ``error.invalid``."""
+    error = ValueError(message)
+    error.invalid = Invalid(name, value, requirement)  # type: ignore[attr-defined]
+    return error
 
 
 def as_float(name: str, value: Any, what: str) -> float:
@@ -28,14 +45,18 @@ def as_float(name: str, value: Any, what: str) -> float:
         )
     number = float(value)
     if math.isnan(number):
-        raise ValueError(f"Invalid {what}: {_show(value)} ({name}=nan, NaN is not allowed)")
+        raise invalid(
+            f"Invalid {what}: {_show(value)} ({name}=nan, NaN is not allowed)",
+            name=name, value=value, requirement="a number, not NaN",
+        )
     return number
 
 
 def at_least(name: str, value: Any, low: float, what: str) -> None:
     if not as_float(name, value, what) >= low:
-        raise ValueError(
-            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected {name} >= {low:g})"
+        raise invalid(
+            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected {name} >= {low:g})",
+            name=name, value=value, requirement=f">= {low:g}",
         )
 
 
@@ -43,8 +64,9 @@ def in_unit_interval(name: str, value: Any, what: str) -> None:
     """0 <= value < 1, the domain of a decay rate (beta, momentum averaging)."""
     number = as_float(name, value, what)
     if not 0.0 <= number < 1.0:
-        raise ValueError(
-            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected 0 <= {name} < 1)"
+        raise invalid(
+            f"Invalid {what}: {_show(value)} ({name}={_plain(value)}, expected 0 <= {name} < 1)",
+            name=name, value=value, requirement="in [0, 1)",
         )
 
 

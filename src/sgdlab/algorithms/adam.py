@@ -27,7 +27,7 @@ the two differ where sqrt(v_t) is not much larger than eps (tiny or sparse gradi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from sgdlab.algorithms._checks import (
     at_least,
@@ -35,17 +35,12 @@ from sgdlab.algorithms._checks import (
     is_tensor,
     tensor_needs_capturable,
 )
-from sgdlab.algorithms.fused import addcdiv, addcmul, fma, lerp
+from sgdlab.algorithms.conventions import adam_options
+from sgdlab.algorithms.decay import decay
+from sgdlab.algorithms.fused import addcdiv, addcmul, lerp
+from sgdlab.algorithms.rule import COUNTER, Hyperparameter, Rule, StateEntry
 
 State = dict[str, Any]
-
-
-def adam_init(param: Any, *, amsgrad: bool = False, zeros_like: Callable[[Any], Any]) -> State:
-    """Adam's state: step count and the two moment estimates (and their maximum for AMSGrad)."""
-    state: State = {"step": 0, "exp_avg": zeros_like(param), "exp_avg_sq": zeros_like(param)}
-    if amsgrad:
-        state["max_exp_avg_sq"] = zeros_like(param)
-    return state
 
 
 def adam(
@@ -67,14 +62,9 @@ def adam(
     """One Adam step; returns the new parameter and state without modifying the inputs."""
     # Operations in torch.optim's order, multiply-adds rounded once as its kernels round them
     # (sgdlab.algorithms.fused): the same numbers as torch.optim.Adam, bit for bit.
-    if maximize:
-        grad = -grad
     step = state["step"] + 1
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
-        else:
-            grad = fma(weight_decay, param, grad, ops)
+    param, grad = decay(param, grad, lr=lr, weight_decay=weight_decay,
+                        decoupled=decoupled_weight_decay, maximize=maximize, ops=ops)
     exp_avg = lerp(state["exp_avg"], grad, 1 - beta1, ops)
     exp_avg_sq = addcmul(beta2 * state["exp_avg_sq"], grad, grad, 1 - beta2, ops)
     new_state: State = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
@@ -119,3 +109,30 @@ def validate_adam(
         raise ValueError("betas must be either both floats or both Tensors")
     tensor_needs_capturable("betas[0]", beta1, foreach, capturable)
     tensor_needs_capturable("betas[1]", beta2, foreach, capturable)
+
+
+ADAM = Rule(
+    name="adam",
+    update=adam,
+    hyperparameters=(
+        Hyperparameter("lr", keras="learning_rate"),
+        Hyperparameter("beta1", torch="betas[0]", keras="beta_1"),
+        Hyperparameter("beta2", torch="betas[1]", keras="beta_2"),
+        Hyperparameter("eps", keras="epsilon"),
+        Hyperparameter("weight_decay"),
+        Hyperparameter("amsgrad"),
+        Hyperparameter("maximize", keras=None),
+        Hyperparameter("decoupled_weight_decay", keras=None),
+    ),
+    # Keras creates its variables in two groups (momentum and velocity for every variable,
+    # then velocity_hat): its checkpoints' order.
+    state=(
+        StateEntry("step", COUNTER),
+        StateEntry("exp_avg", keras="momentum"),
+        StateEntry("exp_avg_sq", keras="velocity"),
+        StateEntry("max_exp_avg_sq", keras="velocity_hat", keras_group=1,
+                   when=lambda h: bool(h.get("amsgrad"))),
+    ),
+    validate=validate_adam,
+    conventions=adam_options,
+)

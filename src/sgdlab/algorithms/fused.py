@@ -50,3 +50,13 @@ def lerp(start: Any, end: Any, weight: Any, ops: Any) -> Any:
     if getattr(ops, "fma", None) is not None:
         return ops.lerp(start, end, weight)
     return start + weight * (end - start)
+
+
+def addmm(c: Any, a: Any, b: Any, *, beta: Any, alpha: Any, ops: Any) -> Any:
+    """``beta * c + alpha * (a @ b)`` (matrices, or stacks of them), as torch.addmm computes it
+    where ``ops`` can (one kernel; in bfloat16, one rounding of the sum)."""
+    fused = getattr(ops, "addmm", None)
+    if fused is not None:
+        return fused(c, a, b, beta, alpha)
+    product = ops.matmul(a, b)
+    return beta * c + (product if alpha == 1 else alpha * product)

@@ -36,7 +36,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from sgdlab.algorithms import scalar_ops
-from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval
+from sgdlab.algorithms.rule import COPY, Hyperparameter, Rule, StateEntry
+from sgdlab.algorithms._checks import as_float, at_least, in_unit_interval, invalid
 
 State = dict[str, Any]
 
@@ -92,11 +93,6 @@ def _interpolate(
     return _lerp(y, z, ckp1, ops) + (lr * (beta * (1 - ckp1) - 1)) * direction
 
 
-def schedule_free_sgd_init(param: Any, *, clone: Any) -> State:
-    """z starts at the initial parameter (so x = y = z before the first step)."""
-    return {"z": clone(param)}
-
-
 def schedule_free_sgd(
     param: Any,
     grad: Any,
@@ -114,10 +110,6 @@ def schedule_free_sgd(
     z = state["z"]
     y = _interpolate(param, z, grad, lr=lr, beta=momentum, ckp1=ckp1, ops=ops)
     return y, {"z": z - lr * grad}
-
-
-def schedule_free_adamw_init(param: Any, *, clone: Any, zeros_like: Any) -> State:
-    return {"z": clone(param), "exp_avg_sq": zeros_like(param)}
 
 
 def schedule_free_adamw(
@@ -170,7 +162,10 @@ def _validate_schedule(lr: Any, weight_decay: Any, warmup_steps: Any, r: Any, po
 def _open_unit_interval(name: str, value: Any, what: str) -> None:
     # beta = 0 would make x = (y - z) / 0 in eval(): the interpolation must be strict.
     if not 0 < as_float(name, value, what) < 1:
-        raise ValueError(f"Invalid {what}: {name}={value!r} (expected 0 < {name} < 1)")
+        raise invalid(
+            f"Invalid {what}: {name}={value!r} (expected 0 < {name} < 1)",
+            name=name, value=value, requirement="in (0, 1)",
+        )
 
 
 def validate_schedule_free_sgd(
@@ -208,3 +203,40 @@ def validate_schedule_free_adamw(
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))") from None
     _open_unit_interval("betas[0]", beta1, "beta parameter at index 0")
     in_unit_interval("betas[1]", beta2, "beta parameter at index 1")
+
+
+# Declarations. ``lr`` is the schedule's (warmup included) and ``ckp1``, ``step`` come from the
+# schedule too: the adapters compute them once per step (group-level hooks) and pass them on.
+# z starts at the initial weights (x = y = z before the first step). No compact state: z is an
+# iterate of the weights, not a moment, and rounding it is rounding the weights (8-bit z moved
+# a small MLP's parameters as far from the float32 run as training itself moved them,
+# tests/test_group_hooks.py's model, 6 steps).
+_SCHEDULED = (
+    Hyperparameter("lr", torch="scheduled_lr", keras=None),
+    Hyperparameter("ckp1", torch=None, keras=None),
+)
+
+SCHEDULE_FREE_SGD = Rule(
+    name="schedule_free_sgd",
+    update=schedule_free_sgd,
+    hyperparameters=(*_SCHEDULED, Hyperparameter("momentum"), Hyperparameter("weight_decay")),
+    state=(StateEntry("z", COPY),),
+    validate=validate_schedule_free_sgd,
+    compact_state=False,
+)
+
+SCHEDULE_FREE_ADAMW = Rule(
+    name="schedule_free_adamw",
+    update=schedule_free_adamw,
+    hyperparameters=(
+        *_SCHEDULED,
+        Hyperparameter("step", torch=None, keras=None),
+        Hyperparameter("beta1", torch="betas[0]", keras="beta_1"),
+        Hyperparameter("beta2", torch="betas[1]", keras="beta_2"),
+        Hyperparameter("eps", keras="epsilon"),
+        Hyperparameter("weight_decay"),
+    ),
+    state=(StateEntry("z", COPY), StateEntry("exp_avg_sq")),
+    validate=validate_schedule_free_adamw,
+    compact_state=False,
+)

@@ -35,14 +35,12 @@ from __future__ import annotations
 from typing import Any
 
 from sgdlab.algorithms._checks import at_least
+from sgdlab.algorithms.conventions import sgd_options
+from sgdlab.algorithms.decay import decay
 from sgdlab.algorithms.fused import fma
+from sgdlab.algorithms.rule import FROM_GRADIENT, Hyperparameter, Rule, StateEntry
 
 State = dict[str, Any]
-
-
-def sgd_init(param: Any, *, momentum: float = 0.0, zeros_like: Any = None) -> State:
-    """SGD's state: the momentum buffer, created from the first gradient (PyTorch convention)."""
-    return {"momentum_buffer": None} if momentum != 0 else {}
 
 
 def sgd(
@@ -65,13 +63,8 @@ def sgd(
     ``momentum_form="buffer"`` (PyTorch) keeps ``state["momentum_buffer"]``; ``"velocity"`` (Keras)
     keeps ``state["velocity"]``, which has the learning rate already applied.
     """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
-        else:
-            grad = fma(weight_decay, param, grad, ops)
+    param, grad = decay(param, grad, lr=lr, weight_decay=weight_decay,
+                        decoupled=decoupled_weight_decay, maximize=maximize, ops=ops)
     new_state: State = {}
     if momentum != 0 and momentum_form == "velocity":
         velocity = state.get("velocity")
@@ -122,3 +115,30 @@ def validate_sgd(
             f"Invalid dampening value: {dampening} (the velocity form of momentum, "
             "the Keras convention, has no dampening; expected dampening=0)"
         )
+
+
+def _momentum_form(form: str) -> Any:
+    return lambda h: h.get("momentum", 0) != 0 and h.get("momentum_form", "buffer") == form
+
+
+SGD = Rule(
+    name="sgd",
+    update=sgd,
+    hyperparameters=(
+        Hyperparameter("lr", keras="learning_rate"),
+        Hyperparameter("momentum"),
+        Hyperparameter("dampening", keras=None),
+        Hyperparameter("weight_decay"),
+        Hyperparameter("nesterov"),
+        Hyperparameter("maximize", keras=None),
+        Hyperparameter("decoupled_weight_decay", keras=None),
+    ),
+    # Created from the first gradient (PyTorch's convention): no state at all without momentum.
+    state=(
+        StateEntry("momentum_buffer", FROM_GRADIENT, keras="momentum",
+                   when=_momentum_form("buffer")),
+        StateEntry("velocity", FROM_GRADIENT, keras="momentum", when=_momentum_form("velocity")),
+    ),
+    validate=validate_sgd,
+    conventions=sgd_options,
+)

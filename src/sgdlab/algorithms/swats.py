@@ -37,11 +37,56 @@ from typing import Any, NamedTuple
 
 from sgdlab.algorithms import scalar_ops
 from sgdlab.algorithms._checks import as_float, at_least
-from sgdlab.algorithms.adam import validate_adam
+from sgdlab.algorithms.adam import ADAM, adam, validate_adam
+from sgdlab.algorithms.rule import COUNTER, FROM_GRADIENT, Hyperparameter, Rule, StateEntry
+from sgdlab.algorithms.sgd import sgd
 
 
-def projection_terms(old_param: Any, new_param: Any, grad: Any, *, ops: Any) -> tuple[Any, Any]:
-    """This tensor's share of p^T p and p^T g, with p = new_param - old_param (Adam's step)."""
+def swats(
+    param: Any,
+    grad: Any,
+    state: dict[str, Any],
+    *,
+    lr: Any,
+    beta1: Any = 0.9,
+    beta2: Any = 0.999,
+    eps: float = 1e-9,
+    weight_decay: Any = 0.0,
+    sgd_lr: Any = None,
+    switched: Any = False,
+    ops: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """One SWATS step: Adam before the switch, then ``sgd`` with momentum beta1 at ``sgd_lr``.
+
+    ``switched`` is a bool where the phase is known in Python (the PyTorch adapter: only the
+    current phase runs, and the state holds only its entries), or a traced boolean (Keras,
+    inside a compiled step: both phases run and each entry keeps the current phase's value;
+    the SGD buffer is zero until the switch, and beta1 * 0 + g = g is sgd's first buffer).
+    """
+    adam_state = {key: state[key] for key in ("step", "exp_avg", "exp_avg_sq") if key in state}
+    sgd_state = {"momentum_buffer": state.get("momentum_buffer")}
+    if switched is True:
+        return sgd(param, grad, sgd_state, lr=sgd_lr, momentum=beta1, weight_decay=weight_decay,
+                   ops=ops)
+    new_param, new_state = adam(param, grad, adam_state, lr=lr, beta1=beta1, beta2=beta2,
+                                eps=eps, weight_decay=weight_decay, ops=ops)
+    if switched is False:
+        return new_param, new_state
+    sgd_param, sgd_new = sgd(param, grad, sgd_state, lr=sgd_lr, momentum=beta1,
+                             weight_decay=weight_decay, ops=ops)
+    kept = {key: ops.where(switched, adam_state[key], new_state[key])
+            for key in ("exp_avg", "exp_avg_sq")}
+    kept["momentum_buffer"] = ops.where(switched, sgd_new["momentum_buffer"],
+                                        sgd_state["momentum_buffer"])
+    return ops.where(switched, sgd_param, new_param), kept
+
+
+def projection_terms(old_param: Any, new_param: Any, grad: Any, *, weight_decay: Any = 0.0,
+                     ops: Any) -> tuple[Any, Any]:
+    """This tensor's share of p^T p and p^T g, with p = new_param - old_param (Adam's step) and
+    g the gradient Adam followed (with the L2 term)."""
+    if weight_decay != 0:
+        grad = grad + weight_decay * old_param
     p = new_param - old_param
     return ops.sum(p * p), ops.sum(p * grad)
 
@@ -107,3 +152,31 @@ def validate_swats(
             f"Invalid switch_at: switch_at={switch_at!r} "
             "(expected None or an integer >= 1: the number of Adam steps before switching)"
         )
+
+
+def _in_adam_phase(h: Any) -> bool:
+    return h.get("sgd_lr") is None
+
+
+# The dot products of the projection run over a whole param group (Keras: all variables), so
+# the rule is not elementwise: it runs tensor by tensor, and its state stays in float32.
+SWATS = Rule(
+    name="swats",
+    update=swats,
+    hyperparameters=(
+        # Adam's, under Adam's names (L2 weight decay only: no decoupled decay, no AMSGrad)
+        *(h for h in ADAM.hyperparameters
+          if h.name in ("lr", "beta1", "beta2", "eps", "weight_decay")),
+        Hyperparameter("sgd_lr", keras=None),  # set at the switch
+        Hyperparameter("switched", torch=None, keras=None),  # the phase, known each step
+    ),
+    state=(
+        StateEntry("step", COUNTER, when=_in_adam_phase),
+        StateEntry("exp_avg", keras="momentum", when=_in_adam_phase),
+        StateEntry("exp_avg_sq", keras="velocity", when=_in_adam_phase),
+        StateEntry("momentum_buffer", FROM_GRADIENT, keras="sgd_momentum", keras_group=1),
+    ),
+    validate=validate_swats,
+    elementwise=False,
+    compact_state=False,
+)

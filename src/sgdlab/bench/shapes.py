@@ -45,6 +45,12 @@ def gpt2_small_shapes(
     return shapes
 
 
+def gpt2_small_hidden_shapes(width: int = 768, layers: int = 12) -> list[Shape]:
+    """GPT-2 small's hidden weight matrices, Muon's parameters in the usual recipe (embeddings,
+    biases and norms go to AdamW): 48 tensors of 4 shapes, 84,934,656 parameters."""
+    return [(width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)] * layers
+
+
 def uniform_shapes(count: int = 8, numel: int = 4 * 1024 * 1024) -> list[Shape]:
     """``count`` equal 1-d tensors (default 8 x 4M): the large-tensor, no-overhead case."""
     return [(numel,)] * count

@@ -46,6 +46,8 @@ CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
     "resnet50": ("ResNet-50: 161 tensors, 25.6M parameters", shape_lists.resnet50_shapes),
     "gpt2-small": ("GPT-2 small: 148 tensors, 124.4M parameters", shape_lists.gpt2_small_shapes),
     "8x4M": ("8 tensors of 4M parameters", shape_lists.uniform_shapes),
+    "gpt2-small-hidden": ("GPT-2 small's hidden matrices (Muon's): 48 tensors of 4 shapes, 84.9M "
+                          "parameters", shape_lists.gpt2_small_hidden_shapes),
 }
 # Small versions for --quick (seconds, no compilation: every group stays below the compile size).
 QUICK_CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
@@ -55,6 +57,8 @@ QUICK_CASES: dict[str, tuple[str, Callable[[], list[tuple[int, ...]]]]] = {
                  for shape in shape_lists.resnet50_shapes(num_classes=16)],
     ),
     "8x16k": ("8 tensors of 16k parameters", lambda: shape_lists.uniform_shapes(8, 16384)),
+    "gpt2-hidden/4": ("GPT-2 small's hidden matrices at 1/4 of the width (192)",
+                      lambda: shape_lists.gpt2_small_hidden_shapes(width=192)),
 }
 
 # name -> (torch.optim class name, hyperparameters, words moved per parameter by an ideal step
@@ -66,7 +70,15 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], int]] = {
     ),
     "adam": ("Adam", {"lr": 1e-3}, 7),
     "adamw": ("AdamW", {"lr": 1e-3, "weight_decay": 0.01}, 7),
+    # Compute-bound (Newton-Schulz: 5 x 3 matrix products per matrix), so its "roofline" is only
+    # the memory floor; torch.optim.Muon has one path (a for-loop), the reference of its ratio.
+    "muon": ("Muon", {"lr": 0.02}, 5),
 }
+# Run when none are named (Muon is asked for by name: its steps cost seconds on a CPU).
+DEFAULT_OPTIMIZERS = ("sgd-momentum", "sgd-nesterov-wd", "adam", "adamw")
+# Optimizers that take only some contenders, and only 2-D parameters (each case's matrices).
+ONLY_CONTENDERS = {"muon": ("sgdlab", "torch for-loop")}
+MATRICES_ONLY = ("muon",)
 
 # The widest spread of the per-round ratios, (third quartile - first quartile) / median, at which a
 # ratio is still shown: beyond it, the middle half of the rounds cannot tell 1x from 1.5x. On a shared
@@ -97,7 +109,8 @@ class Row:
     roofline_pct: float
     state_bytes_per_param: float
     # Median over rounds of (this contender's time / torch fused's time in the same round), and
-    # the quartiles of those per-round ratios.
+    # the quartiles of those per-round ratios (torch's only path where it has no fused one:
+    # ``reference``).
     ratio_to_torch_fused: float | None = None
     ratio_quartiles: tuple[float, float] | None = None
     # True when the per-round ratios scatter too much to trust their median (see NOISE_LIMIT).
@@ -106,6 +119,7 @@ class Row:
     update_gb_per_s: float = 0.0  # median of the case's in-place updates (a += b) so far
     roofline_gb_per_s: float = 0.0  # the better of the two
     samples_ms: list[float] = field(default_factory=list)
+    reference: str = "torch fused"
 
 
 @dataclass
@@ -188,6 +202,8 @@ def make_optimizer(contender: str, optimizer: str, params: list[torch.Tensor]):
         return getattr(sgdlab, class_name)([group], **hyperparameters)
     path = {"torch for-loop": {"foreach": False}, "torch foreach": {"foreach": True},
             "torch fused": {"fused": True}}[contender]
+    if optimizer in ONLY_CONTENDERS:
+        path = {}  # torch.optim.Muon takes no foreach/fused flags
     return getattr(torch.optim, class_name)(params, **hyperparameters, **path)
 
 
@@ -232,7 +248,7 @@ def run(
     device = _device(device)
     table = QUICK_CASES if quick else CASES
     cases = list(cases or table)
-    optimizers = list(optimizers or OPTIMIZERS)
+    optimizers = list(optimizers or DEFAULT_OPTIMIZERS)
     contenders = list(contenders or CONTENDERS)
     rounds = rounds if rounds is not None else 3 if quick else 7
     steps = steps if steps is not None else 1 if quick else 2
@@ -271,10 +287,24 @@ def run(
         copy_samples: list[float] = [copy_bandwidth(device, copy_src.numel())]
         update_samples: list[float] = []
         say(f"{case}: {len(params)} tensors, {numel:,} parameters")
+        all_params = params
         for optimizer in optimizers:
+            params = all_params
+            if optimizer in MATRICES_ONLY:
+                params = [p for p in all_params if p.dim() == 2]
+                if not params:
+                    raise ValueError(f"Invalid case for {optimizer}: {case!r} has no 2-D tensors")
+                if len(params) < len(all_params):
+                    say(f"  {optimizer}: its {len(params)} 2-D tensors only")
+            chosen = [c for c in contenders if c in ONLY_CONTENDERS.get(optimizer, contenders)]
+            reference = "torch fused" if optimizer not in ONLY_CONTENDERS else "torch for-loop"
+            if not chosen:
+                say(f"  {optimizer}: none of the contenders asked for applies "
+                    f"(it runs {', '.join(ONLY_CONTENDERS[optimizer])})")
+                continue
             instances = {}
             first_step = {}
-            for contender in contenders:
+            for contender in chosen:
                 instances[contender] = make_optimizer(contender, optimizer, params)
                 _sync(device)
                 start = time.perf_counter()
@@ -284,9 +314,9 @@ def run(
                 first_step[contender] = time.perf_counter() - start
                 with torch.no_grad():
                     instances[contender].step()  # warm: second-use compilation, caches
-            samples: dict[str, list[float]] = {c: [] for c in contenders}
+            samples: dict[str, list[float]] = {c: [] for c in chosen}
             for r in range(rounds):
-                order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+                order = chosen[r % len(chosen):] + chosen[: r % len(chosen)]
                 for contender in order:
                     opt = instances[contender]
                     _sync(device)
@@ -308,11 +338,11 @@ def run(
             copy_gb = statistics.median(copy_samples)
             update_gb = statistics.median(update_samples)
             bandwidth = max(copy_gb, update_gb)
-            fused = samples.get("torch fused")
-            for contender in contenders:
+            fused = samples.get(reference)
+            for contender in chosen:
                 seconds = statistics.median(samples[contender])
                 ratios = [a / b for a, b in zip(samples[contender], fused)] if fused else None
-                noisy = bool(ratios) and contender != "torch fused" and too_noisy(ratios)
+                noisy = bool(ratios) and contender != reference and too_noisy(ratios)
                 moved = ideal_bytes(optimizer, contender, params)
                 roofline = moved / (bandwidth * 1e9)
                 rows.append(Row(
@@ -331,9 +361,10 @@ def run(
                     update_gb_per_s=update_gb,
                     roofline_gb_per_s=bandwidth,
                     samples_ms=[s * 1e3 for s in samples[contender]],
+                    reference=reference,
                 ))
                 say(f"  {optimizer:16s} {contender:18s} {seconds * 1e3:9.2f} ms/step"
-                    + (f"  {_ratio_text(rows[-1])} of torch fused" if ratios else ""))
+                    + (f"  {_ratio_text(rows[-1])} of {reference}" if ratios else ""))
             del instances
         copy_gb = statistics.median(copy_samples)
         update_gb = statistics.median(update_samples) if update_samples else 0.0
@@ -385,7 +416,8 @@ def noise_note(result: BenchResult) -> str | None:
     noisy = [row for row in result.rows if row.noisy]
     if not noisy:
         return None
-    compared = sum(1 for row in result.rows if row.ratio_to_torch_fused is not None and row.contender != "torch fused")
+    compared = sum(1 for row in result.rows
+                   if row.ratio_to_torch_fused is not None and row.contender != row.reference)
     limit = result.settings.get("noise_limit", NOISE_LIMIT)
     return (f"noisy: {len(noisy)} of {compared} ratios are not shown: their per-round values' middle half "
             f"(IQR) spans more than {limit:.0%} of the median, so the machine was too busy to compare; "
@@ -399,7 +431,7 @@ def _ratio_text(row: Row) -> str:
         low, high = row.ratio_quartiles
         return f"noisy (IQR {low:.2f}-{high:.2f})"
     text = f"{row.ratio_to_torch_fused:.3f}x"
-    if row.ratio_quartiles is not None and row.contender != "torch fused":
+    if row.ratio_quartiles is not None and row.contender != row.reference:
         low, high = row.ratio_quartiles
         text += f" ({low:.2f}-{high:.2f})"
     return text
@@ -418,7 +450,7 @@ def render(result: BenchResult, console: Any = None) -> None:
                             f"{info.roofline_gb_per_s:.1f} GB/s (copy {info.copy_gb_per_s:.1f}, "
                             f"in-place update {info.update_gb_per_s:.1f})")
         for column in ("optimizer", "contender", "ms/step", "GB/s", "% roofline",
-                       "state B/param", "vs torch fused (middle half)", "first step s"):
+                       "state B/param", "vs torch (middle half)", "first step s"):
             table.add_column(column, justify="left" if column in ("optimizer", "contender")
                              else "right")
         for row in (r for r in result.rows if r.case == info.case):
@@ -426,6 +458,8 @@ def render(result: BenchResult, console: Any = None) -> None:
             ratio_text = _ratio_text(row)
             if row.noisy:
                 ratio_text = f"[yellow]{ratio_text}[/]"
+            elif row.reference != "torch fused" and row.contender == row.reference:
+                ratio_text += " (ref)"
             elif ratio is not None and row.contender.startswith("sgdlab"):
                 good = ratio <= 1.05 if row.contender == "sgdlab" else ratio < 1.0
                 ratio_text = f"[{'green' if good else 'red'}]{ratio_text}[/]"
@@ -434,6 +468,8 @@ def render(result: BenchResult, console: Any = None) -> None:
                           f"{row.state_bytes_per_param:.2f}", ratio_text,
                           f"{row.first_step_s:.2f}")
         console.print(table)
+    if any(row.reference != "torch fused" for row in result.rows):
+        console.print("muon: ratios to torch for-loop, torch.optim.Muon's only path", highlight=False)
     note = noise_note(result)
     if note is not None:
         console.print(f"[yellow]{note}[/]", highlight=False)
@@ -445,6 +481,8 @@ def markdown(result: BenchResult) -> str:
              "| vs torch fused (middle half) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in result.rows:
         ratio = _ratio_text(row)
+        if row.reference != "torch fused" and ratio:
+            ratio += f" of {row.reference}"
         lines.append(f"| {row.case} | {row.optimizer} | {row.contender} | {row.ms_per_step:.1f} "
                      f"| {row.gb_per_s:.1f} | {row.roofline_pct:.0f}% "
                      f"| {row.state_bytes_per_param:.2f} | {ratio} |")

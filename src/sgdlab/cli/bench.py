@@ -20,12 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--case", action="append", metavar="NAME",
-        help="resnet50, gpt2-small, 8x4M, or module:factory (a function returning an "
-             "nn.Module, tensors or shapes); repeatable (default: the three built-in cases)",
+        help="resnet50, gpt2-small, 8x4M, gpt2-small-hidden (Muon's matrices), or module:factory "
+             "(a function returning an nn.Module, tensors or shapes); repeatable (default: the "
+             "built-in cases)",
     )
     parser.add_argument(
         "--optimizer", action="append", metavar="NAME",
-        help="sgd-momentum, sgd-nesterov-wd, adam, adamw; repeatable (default: all)",
+        help="sgd-momentum, sgd-nesterov-wd, adam, adamw, muon (against torch.optim.Muon, on "
+             "each case's 2-D tensors); repeatable (default: all but muon)",
     )
     parser.add_argument(
         "--contender", action="append", metavar="NAME",

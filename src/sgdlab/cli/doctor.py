@@ -196,12 +196,12 @@ def _devices(torch) -> list[str]:
 
 
 def _path(device: str, dtype, native_works: bool) -> str:
-    """The path :func:`sgdlab.optim.execution.grouped` takes for a param group of this kind."""
-    from sgdlab.optim import execution, native
+    """The path :func:`sgdlab.optim.grouped.grouped` takes for a param group of this kind."""
+    from sgdlab.optim import grouped, native
 
     if device == "cpu" and dtype in native.DTYPES and native_works:
         return "C loop (one call per param group)"
-    if dtype in execution.COMPILED_DTYPES and not execution._compile_failed:
-        return (f"Inductor for groups of {execution.COMPILE_MIN_NUMEL:,} elements or more, "
+    if dtype in grouped.COMPILED_DTYPES and not grouped._compile_failed:
+        return (f"Inductor for groups of {grouped.COMPILE_MIN_NUMEL:,} elements or more, "
                 "eager PyTorch below")
     return "eager PyTorch (grouped)"

@@ -18,38 +18,44 @@ decoupled at y for AdamW), not Keras's pre-step decay; ``exclude_from_weight_dec
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any
 
 import keras
 from keras import ops
 
 from sgdlab.algorithms.schedule_free import (
-    schedule_free_adamw,
+    SCHEDULE_FREE_ADAMW,
+    SCHEDULE_FREE_SGD,
     schedule_free_eval_point,
     schedule_free_schedule,
-    schedule_free_sgd,
     schedule_free_train_point,
-    validate_schedule_free_adamw,
-    validate_schedule_free_sgd,
 )
-from sgdlab.keras._arguments import check_betas, check_epsilon
-from sgdlab.keras.optimizers import _OPS, RuleOptimizer, _value
+from sgdlab.keras.base import RuleOptimizer, value_of
 
 
 class _ScheduleFree(RuleOptimizer):
-    rule: ClassVar[Callable[..., Any]]
+    takes_convention = False
+    weight_decay_in_rule = True  # the method's own decay (see the module docstring)
 
     def __init__(
         self,
         learning_rate: Any,
         *,
+        hyperparameters: dict[str, Any],
         warmup_steps: int,
         r: float,
         weight_lr_power: float,
-        weight_decay: float,
+        weight_decay: float | None,
         **base_kwargs: Any,
     ) -> None:
-        super().__init__(learning_rate, weight_decay=weight_decay or None, **base_kwargs)
+        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
+        super().__init__(
+            learning_rate,
+            hyperparameters=hyperparameters,
+            schedule={"warmup_steps": warmup_steps, "r": r, "weight_lr_power": weight_lr_power},
+            weight_decay=weight_decay or None,
+            **base_kwargs,
+        )
         self.warmup_steps = int(warmup_steps)
         self.r = float(r)
         self.weight_lr_power = float(weight_lr_power)
@@ -59,20 +65,14 @@ class _ScheduleFree(RuleOptimizer):
     def interpolation_beta(self) -> float:
         raise NotImplementedError
 
-    # --- state ---------------------------------------------------------------------------------
     def build(self, variables: list[Any]) -> None:
         if self.built:
             return
-        super().build(variables)
-        for variable, z in zip(variables, self._slots["z"]):
-            if z is not None:
-                # z starts at the initial weights (x = y = z), in a buffer of its own: JAX
-                # donates optimizer and model buffers to the train step, never the same one twice.
-                z.assign(ops.copy(_value(variable)))
+        super().build(variables)  # z starts at the weights (a COPY entry of the declaration)
         self._lr_max = self.add_variable((), initializer=keras.initializers.Constant(-1.0), name="lr_max")
         self._weight_sum = self.add_variable((), initializer="zeros", name="weight_sum")
 
-    # --- the step ------------------------------------------------------------------------------
+    # --- the schedule: once per step, before the per-variable updates use it ---------------------
     def apply(self, grads: Any, trainable_variables: Any = None) -> Any:
         if not self.train_mode:
             raise RuntimeError(
@@ -81,43 +81,24 @@ class _ScheduleFree(RuleOptimizer):
             )
         return super().apply(grads, trainable_variables)
 
-    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
-        # The schedule is computed once per step, before the per-variable updates use it.
+    def before_step(self, learning_rate: Any) -> None:
         self._schedule = schedule_free_schedule(
             ops.cast(self.iterations, "float32"),
             lr=ops.cast(learning_rate, "float32"),
             warmup_steps=self.warmup_steps,
             r=self.r,
             weight_lr_power=self.weight_lr_power,
-            lr_max=_value(self._lr_max),
-            weight_sum=_value(self._weight_sum),
+            lr_max=value_of(self._lr_max),
+            weight_sum=value_of(self._weight_sum),
             ops=ops,
         )
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def step_arguments(self, variable: Any, dtype: Any) -> dict[str, Any]:
+        return {"lr": ops.cast(self._schedule.lr, dtype), "ckp1": ops.cast(self._schedule.ckp1, dtype)}
+
+    def after_step(self) -> None:
         self.assign(self._lr_max, self._schedule.lr_max)
         self.assign(self._weight_sum, self._schedule.weight_sum)
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        dtype = variable.dtype
-        index = self._get_variable_index(variable)
-        state = {key: _value(slots[index]) for key, slots in self._slots.items()}
-        decay = self.weight_decay if self.weight_decay and self._use_weight_decay(variable) else 0.0
-        new_variable, new_state = type(self).rule(
-            _value(variable),
-            ops.cast(gradient, dtype),
-            state,
-            lr=ops.cast(self._schedule.lr, dtype),
-            ckp1=ops.cast(self._schedule.ckp1, dtype),
-            weight_decay=decay,
-            ops=_OPS,
-            **self.rule_hyperparameters(dtype),
-        )
-        self.assign(variable, new_variable)
-        for key, slots in self._slots.items():
-            self.assign(slots[index], new_state[key])
-
-    def _apply_weight_decay(self, variables: list[Any]) -> None:
-        pass  # the rule applies the method's own decay (see the module docstring)
 
     # --- train / eval ----------------------------------------------------------------------------
     def eval(self) -> None:
@@ -136,7 +117,7 @@ class _ScheduleFree(RuleOptimizer):
             beta = self.interpolation_beta()
             for variable, z in zip(self._trainable_variables, self._slots["z"]):
                 if z is not None:
-                    variable.assign(move(_value(variable), _value(z), beta=beta))
+                    variable.assign(move(value_of(variable), value_of(z), beta=beta))
         self.train_mode = to_train
 
     def finalize_variable_values(self, var_list: Any) -> None:
@@ -145,7 +126,6 @@ class _ScheduleFree(RuleOptimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.pop("convention", None)
         config.update(
             {"warmup_steps": self.warmup_steps, "r": self.r, "weight_lr_power": self.weight_lr_power}
         )
@@ -157,7 +137,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     """Schedule-free SGD (Defazio et al. 2024) for Keras; arguments as ``sgdlab.ScheduleFreeSGD``
     with Keras's names (``learning_rate``) and base-class options (clipping, schedules, ...)."""
 
-    rule = staticmethod(schedule_free_sgd)
+    declaration = SCHEDULE_FREE_SGD
 
     def __init__(
         self,
@@ -170,17 +150,9 @@ class ScheduleFreeSGD(_ScheduleFree):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
-        validate_schedule_free_sgd(
-            lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
-            momentum=momentum,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            r=r,
-            weight_lr_power=weight_lr_power,
-        )
         super().__init__(
             learning_rate,
+            hyperparameters={"momentum": momentum},
             warmup_steps=warmup_steps,
             r=r,
             weight_lr_power=weight_lr_power,
@@ -193,17 +165,6 @@ class ScheduleFreeSGD(_ScheduleFree):
     def interpolation_beta(self) -> float:
         return self.momentum
 
-    def slot_groups(self) -> list[dict[str, str]]:
-        return [{"z": "z"}]
-
-    def rule_hyperparameters(self, dtype: Any = None) -> dict[str, Any]:
-        return {"momentum": self.momentum}
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config["momentum"] = self.momentum
-        return config
-
 
 @keras.saving.register_keras_serializable(package="sgdlab")
 class ScheduleFreeAdamW(_ScheduleFree):
@@ -211,7 +172,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     ``sgdlab.ScheduleFreeAdamW`` with Keras's names (``learning_rate``, ``beta_1``, ``beta_2``,
     ``epsilon``, whose default here is the method's 1e-8)."""
 
-    rule = staticmethod(schedule_free_adamw)
+    declaration = SCHEDULE_FREE_ADAMW
 
     def __init__(
         self,
@@ -226,21 +187,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
-        # beta_1 in (0, 1), as the rule requires (validate_schedule_free_adamw), under its Keras name.
-        check_betas(beta_1, beta_2, beta_1_may_be_zero=False)
-        check_epsilon(epsilon)
-        validate_schedule_free_adamw(
-            lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
-            betas=(beta_1, beta_2),
-            eps=epsilon,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            r=r,
-            weight_lr_power=weight_lr_power,
-        )
         super().__init__(
             learning_rate,
+            hyperparameters={"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon},
             warmup_steps=warmup_steps,
             r=r,
             weight_lr_power=weight_lr_power,
@@ -253,21 +202,9 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def interpolation_beta(self) -> float:
         return self.beta_1
 
-    def slot_groups(self) -> list[dict[str, str]]:
-        return [{"z": "z", "exp_avg_sq": "exp_avg_sq"}]
-
-    def rule_hyperparameters(self, dtype: Any = None) -> dict[str, Any]:
-        return {
-            "beta1": self.beta_1,
-            "beta2": self.beta_2,
-            "eps": self.epsilon,
-            "step": ops.cast(self.iterations + 1, dtype),
-        }
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon})
-        return config
+    def step_arguments(self, variable: Any, dtype: Any) -> dict[str, Any]:
+        return {**super().step_arguments(variable, dtype),
+                "step": ops.cast(self.iterations + 1, dtype)}
 
 
 class ScheduleFreeCallback(keras.callbacks.Callback):

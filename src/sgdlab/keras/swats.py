@@ -19,16 +19,14 @@ from typing import Any
 import keras
 from keras import ops
 
-from sgdlab.algorithms import adam, sgd
+from sgdlab import algorithms
 from sgdlab.algorithms.swats import (
     projection_terms,
     sgd_learning_rate,
     should_switch,
     update_lr_estimate,
-    validate_swats,
 )
-from sgdlab.keras.optimizers import _OPS, RuleOptimizer, _value
-from sgdlab.keras._arguments import check_betas, check_epsilon
+from sgdlab.keras.base import RuleOptimizer, value_of
 
 
 @keras.saving.register_keras_serializable(package="sgdlab")
@@ -38,7 +36,9 @@ class SWATS(RuleOptimizer):
     has converged (``switch_tol``) or after ``switch_at`` steps. ``switch_step`` and ``sgd_lr``
     read the switch (None before it)."""
 
-    rule = staticmethod(adam)
+    declaration = algorithms.SWATS
+    takes_convention = False
+    weight_decay_in_rule = True  # L2, inside both phases, as in the PyTorch class
 
     def __init__(
         self,
@@ -53,24 +53,18 @@ class SWATS(RuleOptimizer):
         **kwargs: Any,
     ) -> None:
         weight_decay = weight_decay or 0.0  # Keras configs write "no decay" as None
-        check_betas(beta_1, beta_2)
-        check_epsilon(epsilon)
-        validate_swats(
-            lr=0.0,  # learning_rate is checked (under its Keras name) by the base class
-            betas=(beta_1, beta_2),
-            eps=epsilon,
-            weight_decay=weight_decay,
-            switch_tol=switch_tol,
-            switch_at=switch_at,
+        super().__init__(
+            learning_rate,
+            hyperparameters={"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon},
+            schedule={"switch_tol": switch_tol, "switch_at": switch_at},
+            weight_decay=weight_decay or None,
+            name=name,
+            **kwargs,
         )
-        super().__init__(learning_rate, weight_decay=weight_decay or None, name=name, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
         self.l2 = float(weight_decay)
         self.switch_tol = float(switch_tol)
         self.switch_at = switch_at
-
-    def slot_groups(self) -> list[dict[str, str]]:
-        return [{"exp_avg": "momentum", "exp_avg_sq": "velocity"}, {"momentum_buffer": "sgd_momentum"}]
 
     def build(self, variables: list[Any]) -> None:
         if self.built:
@@ -96,18 +90,30 @@ class SWATS(RuleOptimizer):
             return None
         return float(ops.convert_to_numpy(self._sgd_lr))
 
-    # --- the step -------------------------------------------------------------------------------------
-    def _apply_weight_decay(self, variables: list[Any]) -> None:
-        pass  # L2, inside both rules, as in the PyTorch class
+    # --- the switch: a reduction over all variables, around their updates --------------------------
+    # Keras updates one variable at a time within a step, and the step may be compiled, so the
+    # phase cannot be a Python branch: the rule gets it as a traced boolean (algorithms.swats).
+    def before_step(self, learning_rate: Any) -> None:
+        self._projection = [0.0, 0.0]  # this step's p^T p and p^T g, summed by after_update
 
-    def _backend_update_step(self, grads: Any, trainable_variables: Any, learning_rate: Any) -> None:
-        self._projection = [0.0, 0.0]  # this step's p^T p and p^T g, summed by update_step
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+    def step_arguments(self, variable: Any, dtype: Any) -> dict[str, Any]:
+        return {"switched": value_of(self._switched) != 0,
+                "sgd_lr": ops.cast(value_of(self._sgd_lr), dtype)}
+
+    def after_update(self, variable: Any, old: Any, gradient: Any, new: Any) -> None:
+        # After the switch the terms are not used (the estimate stays), so the update kept
+        # (SGD's then) does not matter.
+        sq, dot = projection_terms(old, new, gradient, weight_decay=self._l2_coefficient(variable),
+                                   ops=ops)
+        self._projection[0] = self._projection[0] + ops.cast(sq, "float32")
+        self._projection[1] = self._projection[1] + ops.cast(dot, "float32")
+
+    def after_step(self) -> None:
         step_sq, step_dot_grad = self._projection
         k = ops.cast(self.iterations + 1, "float32")
-        in_adam = _value(self._switched) == 0
+        in_adam = value_of(self._switched) == 0
         estimate = update_lr_estimate(
-            _value(self._lr_estimate), step_sq, step_dot_grad, beta2=self.beta_2, ops=ops
+            value_of(self._lr_estimate), step_sq, step_dot_grad, beta2=self.beta_2, ops=ops
         )
         if self.switch_at is not None:
             criterion = k >= self.switch_at
@@ -115,66 +121,13 @@ class SWATS(RuleOptimizer):
             criterion = should_switch(estimate, beta2=self.beta_2, step=k, tolerance=self.switch_tol)
         switch_now = ops.logical_and(in_adam, criterion)
         rate = sgd_learning_rate(estimate.lr_estimate, beta1=self.beta_1, beta2=self.beta_2, step=k)
-        self.assign(self._lr_estimate, ops.where(in_adam, estimate.lr_estimate, _value(self._lr_estimate)))
-        self.assign(self._sgd_lr, ops.where(switch_now, ops.maximum(rate, 0.0), _value(self._sgd_lr)))
-        self.assign(self._switch_step, ops.where(switch_now, k, _value(self._switch_step)))
-        self.assign(self._switched, ops.where(switch_now, 1.0, _value(self._switched)))
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        dtype = variable.dtype
-        index = self._get_variable_index(variable)
-        value, grad = _value(variable), ops.cast(gradient, dtype)
-        l2 = self.l2 if self.l2 and self._use_weight_decay(variable) else 0.0
-        exp_avg, exp_avg_sq = _value(self._slots["exp_avg"][index]), _value(self._slots["exp_avg_sq"][index])
-        buffer = _value(self._slots["momentum_buffer"][index])
-
-        adam_value, adam_state = adam(
-            value,
-            grad,
-            {"step": ops.cast(self.iterations, dtype), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
-            lr=ops.cast(learning_rate, dtype),
-            beta1=self.beta_1,
-            beta2=self.beta_2,
-            eps=self.epsilon,
-            weight_decay=l2,
-            ops=_OPS,
-        )
-        # The buffer is zero until the switch, and beta1 * 0 + g = g is sgd's first buffer.
-        sgd_value, sgd_state = sgd(
-            value,
-            grad,
-            {"momentum_buffer": buffer},
-            lr=ops.cast(_value(self._sgd_lr), dtype),
-            momentum=self.beta_1,
-            weight_decay=l2,
-            ops=_OPS,
-        )
-        # Before any assignment: on some backends ``value`` is a view of the variable itself.
-        followed = grad + l2 * value if l2 else grad
-        sq, dot = projection_terms(value, adam_value, followed, ops=ops)
-        self._projection[0] = self._projection[0] + ops.cast(sq, "float32")
-        self._projection[1] = self._projection[1] + ops.cast(dot, "float32")
-
-        switched = _value(self._switched) != 0
-        new_exp_avg = ops.where(switched, exp_avg, adam_state["exp_avg"])
-        new_exp_avg_sq = ops.where(switched, exp_avg_sq, adam_state["exp_avg_sq"])
-        new_buffer = ops.where(switched, sgd_state["momentum_buffer"], buffer)
-        self.assign(variable, ops.where(switched, sgd_value, adam_value))
-        self.assign(self._slots["exp_avg"][index], new_exp_avg)
-        self.assign(self._slots["exp_avg_sq"][index], new_exp_avg_sq)
-        self.assign(self._slots["momentum_buffer"][index], new_buffer)
+        self.assign(self._lr_estimate, ops.where(in_adam, estimate.lr_estimate, value_of(self._lr_estimate)))
+        self.assign(self._sgd_lr, ops.where(switch_now, ops.maximum(rate, 0.0), value_of(self._sgd_lr)))
+        self.assign(self._switch_step, ops.where(switch_now, k, value_of(self._switch_step)))
+        self.assign(self._switched, ops.where(switch_now, 1.0, value_of(self._switched)))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.pop("convention", None)
-        config.update(
-            {
-                "beta_1": self.beta_1,
-                "beta_2": self.beta_2,
-                "epsilon": self.epsilon,
-                "weight_decay": self.l2,
-                "switch_tol": self.switch_tol,
-                "switch_at": self.switch_at,
-            }
-        )
+        config.update({"weight_decay": self.l2, "switch_tol": self.switch_tol,
+                       "switch_at": self.switch_at})
         return config

@@ -423,6 +423,10 @@ register_optimizer("schedulefree_sgd", "sgdlab.optim:ScheduleFreeSGD",
                    description="schedule-free SGD (Defazio et al. 2024), lr 1.0, momentum 0.9, no LR schedule")
 register_optimizer("schedulefree_adamw", "sgdlab.optim:ScheduleFreeAdamW",
                    description="schedule-free AdamW (Defazio et al. 2024), lr 2.5e-3, no LR schedule")
+register_optimizer("muon", "sgdlab.optim:MuonWithAdamW",
+                   defaults={"lr": 0.02, "weight_decay": 0.01, "adam_lr_ratio": 0.05},
+                   description="Muon (Jordan et al. 2024) for 2-D weights, AdamW (lr x 0.05) for "
+                               "biases and the rest (sgdlab.optim.MuonWithAdamW)")
 register_optimizer("sam", "sgdlab.lab.sam:build_sam",
                    description="SAM (rho 0.05) around base=momentum; sam:base=adamw,lr=1e-3 wraps another spec")
 register_optimizer("asam", "sgdlab.lab.sam:build_asam",

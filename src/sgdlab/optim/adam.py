@@ -8,22 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sgdlab.algorithms import adam, adam_init, validate_adam
-from sgdlab.algorithms.conventions import adam_options
-from sgdlab.optim.base import RuleOptimizer
-
-
-def _validate(**hyperparameters: Any) -> None:
-    adam_options(hyperparameters.get("convention", "torch"))  # rejects an unknown convention
-    validate_adam(**hyperparameters)
-
-
-def _step_dtype(fused: bool) -> torch.dtype:
-    # torch.optim keeps Adam's step count in float32, or float64 when that is the default dtype
-    # (fused kernels always want float32); matching it keeps state_dicts interchangeable.
-    if fused:
-        return torch.float32
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+from sgdlab import algorithms
+from sgdlab.optim.base import RuleOptimizer, step_dtype
 
 
 def _scalars(betas: Any) -> Any:
@@ -44,8 +30,7 @@ class Adam(RuleOptimizer):
     :mod:`sgdlab.algorithms.conventions`).
     """
 
-    rule = staticmethod(adam)
-    validate = staticmethod(_validate)
+    declaration = algorithms.ADAM
     group_defaults = {
         "amsgrad": False,
         "maximize": False,
@@ -101,37 +86,9 @@ class Adam(RuleOptimizer):
                     on_device = group["capturable"] or fused
                     param_state["step"] = torch.tensor(
                         float(param_state["step"]),
-                        dtype=_step_dtype(bool(fused)),
+                        dtype=step_dtype(bool(fused)),
                         device=param.device if on_device else None,
                     )
-
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": group["lr"],
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-            "amsgrad": group["amsgrad"],
-            "maximize": group["maximize"],
-            "decoupled_weight_decay": group["decoupled_weight_decay"],
-            **adam_options(group.get("convention", "torch")),
-        }
-
-    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        state = adam_init(
-            param,
-            amsgrad=group["amsgrad"],
-            zeros_like=lambda p: self.state_zeros(p, group),
-        )
-        on_device = group["capturable"] or group["fused"]
-        state["step"] = torch.tensor(
-            float(state["step"]),
-            dtype=_step_dtype(bool(group["fused"])),
-            device=param.device if on_device else None,
-        )
-        return state
 
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         if grad.is_sparse:

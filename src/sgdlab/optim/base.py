@@ -3,8 +3,10 @@
 ``RuleOptimizer`` is a ``torch.optim.Optimizer``: param groups, ``state`` keyed by parameter,
 ``state_dict`` / ``load_state_dict`` with integer ids, hooks, closures and ``zero_grad`` are
 inherited unchanged, which is what makes sgdlab checkpoints interchangeable with torch.optim's.
-A subclass names its rule, maps a param group to the rule's keyword arguments and creates the
-per-parameter state in torch.optim's layout.
+A subclass names its rule's declaration (:class:`sgdlab.algorithms.rule.Rule`), from which this
+class reads the rule's keyword arguments in a param group (torch's names), the per-parameter
+state in torch.optim's layout, the validation and what the fast paths may do; a subclass adds
+only its signature and, if the algorithm has any, its group-level steps (hooks below).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from sgdlab.optim import execution, quantized
+from sgdlab.algorithms.rule import Rule
+from sgdlab.optim import execution, quantized, stacked
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -28,6 +31,10 @@ MIN_8BIT_SIZE = 4096
 class RuleOptimizer(Optimizer):
     """Base class: executes ``rule`` over every parameter that has a gradient."""
 
+    #: The rule, declared (a subclass sets this; ``rule``, ``validate`` and the capabilities
+    #: below follow from it). A subclass without one provides ``rule``, ``validate``,
+    #: ``rule_hyperparameters`` and ``init_state`` itself.
+    declaration: ClassVar[Rule | None] = None
     rule: ClassVar[Callable[..., Any]]
     validate: ClassVar[Callable[..., None]]
     # Param-group keys that checkpoints of torch.optim (or of older versions) may lack, with the
@@ -44,6 +51,15 @@ class RuleOptimizer(Optimizer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        declaration = cls.__dict__.get("declaration")
+        if declaration is not None:
+            cls.rule = staticmethod(declaration.update)
+            cls.validate = staticmethod(_validator(declaration))
+            cls.compact_state_supported = declaration.compact_state and all(
+                route.rule.compact_state for route in declaration.routes)
+            # A rule known not to be elementwise goes straight to the per-tensor path.
+            cls.grouped_execution_supported = declaration.elementwise and all(
+                route.rule.elementwise for route in declaration.routes)
         cls.has_group_hooks = any(
             getattr(cls, name) is not getattr(RuleOptimizer, name)
             for name in ("before_group", "before_update", "after_update", "after_group")
@@ -99,19 +115,48 @@ class RuleOptimizer(Optimizer):
 
     def check_state_dtype(self, state_dtype: Any) -> None:
         if state_dtype is not None and not type(self).compact_state_supported:
+            why = ""
+            if not type(self).grouped_execution_supported:
+                # Compact state is rounded where the grouped elementwise path writes it back.
+                why = (": its update is not elementwise, and compact state is stored and rounded "
+                       "by the grouped elementwise execution path only")
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} keeps its state in "
-                "the parameters' dtype)"
+                f"the parameters' dtype{why})"
             )
 
-    # --- what a subclass provides -------------------------------------------------------------
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments of ``rule`` for this param group."""
-        raise NotImplementedError
+    # --- what the declaration gives (a subclass without one provides these) ----------------------
+    def rule_hyperparameters(self, group: dict[str, Any],
+                             rule: Rule | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``rule`` (default: the declaration) for this param group:
+        the declared hyperparameters under torch's names, the convention's options, then the
+        values the group-level steps derive (``step_arguments``)."""
+        rule = rule or type(self).declaration
+        if rule is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no rule")
+        return {**_declared_arguments(rule, group), **self.step_arguments(group)}
+
+    def step_arguments(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of the rule that the group-level steps derive for this step (e.g. a
+        schedule's averaging weight), not param-group keys."""
+        return {}
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        """A parameter's state before its first step, in torch.optim's layout."""
-        raise NotImplementedError
+        """A parameter's state before its first step, in torch.optim's layout: the declared
+        entries, counters as 0-d tensors as torch.optim keeps them."""
+        declaration = type(self).declaration
+        if declaration is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no rule")
+        rule = declaration.route(param)
+        state = rule.init_state(param, _declared_arguments(rule, group),
+                                zeros_like=lambda p: self.state_zeros(p, group), clone=_clone)
+        fused = bool(group.get("fused"))
+        on_device = group.get("capturable") or fused
+        for key in rule.counters:
+            if key in state:
+                state[key] = torch.tensor(float(state[key]), dtype=step_dtype(fused),
+                                          device=param.device if on_device else None)
+        return state
 
     def state_zeros(self, param: Tensor, group: dict[str, Any]) -> Tensor:
         """A zero state tensor for ``param``, already in the group's compact storage dtype
@@ -266,6 +311,18 @@ class RuleOptimizer(Optimizer):
                 self._run_rule((index, key), group, [params[i] for i in indices],
                                [grads[i] for i in indices], [states[i] for i in indices])
             return
+        declaration = type(self).declaration
+        if declaration is not None and declaration.routes:
+            # One run per route (Muon for matrices, AdamW for the rest), each with its own rule.
+            routed: dict[int, tuple[Rule, list[int]]] = {}
+            for i, param in enumerate(params):
+                rule = declaration.route(param)
+                routed.setdefault(id(rule), (rule, []))[1].append(i)
+            for rule, indices in routed.values():
+                self._execute((index, rule.name), group, [params[i] for i in indices],
+                              [grads[i] for i in indices], [states[i] for i in indices],
+                              group.get("state_dtype"), rule=rule)
+            return
         state_dtype = group.get("state_dtype")
         if state_dtype == torch.uint8:
             minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
@@ -295,12 +352,14 @@ class RuleOptimizer(Optimizer):
 
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
-                 state_dtype: torch.dtype | None) -> None:
+                 state_dtype: torch.dtype | None, rule: Rule | None = None) -> None:
+        arguments = (self.rule_hyperparameters(group) if rule is None
+                     else self.rule_hyperparameters(group, rule))
         hyperparameters = {
             # A 1-element tensor of any shape (lr=torch.tensor([[1e-3]])) acts as a scalar, as
             # in torch.optim; its 0-d view follows in-place changes (schedulers) to the original.
             key: value.view(()) if isinstance(value, Tensor) and value.dim() else value
-            for key, value in self.rule_hyperparameters(group).items()
+            for key, value in arguments.items()
         }
         compact = state_dtype is not None and state_dtype != params[0].dtype
         rounding_step = 0
@@ -309,11 +368,11 @@ class RuleOptimizer(Optimizer):
             # compact steps and lives in the param group, so it is saved with the checkpoint and
             # a resumed run rounds exactly as an uninterrupted one would.
             rounding_step = group.get(ROUNDING_STEP, 0) + 1
-        rule = self.rule_for(group)
-        if type(self).grouped_execution_supported and execution.grouped_supported(
-                params, grads, group):
+        update = self.rule_for(group) if rule is None else rule.update
+        elementwise = type(self).grouped_execution_supported if rule is None else rule.elementwise
+        if elementwise and execution.grouped_supported(params, grads, group):
             layouts = self.__dict__.setdefault("_layouts", {})
-            if execution.grouped(rule, params, grads, states, hyperparameters,
+            if execution.grouped(update, params, grads, states, hyperparameters,
                                  layouts=layouts, layout_key=index, state_dtype=state_dtype,
                                  rounding_step=rounding_step):
                 if compact:
@@ -327,8 +386,14 @@ class RuleOptimizer(Optimizer):
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
+        declared = type(self).declaration if rule is None else rule
+        if (declared is not None and declared.stacks and len(params) > 1
+                and not group.get("differentiable") and not group.get("capturable")):
+            # Same-shape tensors in one call of the rule (Muon: batched Newton-Schulz).
+            stacked.stacked(update, params, grads, states, hyperparameters)
+            return
         execution.per_tensor(
-            rule,
+            update,
             params,
             grads,
             states,
@@ -431,3 +496,29 @@ def _state_dtype(param: Tensor, group: dict[str, Any]) -> torch.dtype | None:
     if dtype == torch.uint8 and param.numel() < group.get("min_8bit_size", MIN_8BIT_SIZE):
         return None
     return dtype
+
+
+def _declared_arguments(rule: Rule, group: dict[str, Any]) -> dict[str, Any]:
+    """The rule's declared hyperparameters in ``group`` (torch's names), with the options of the
+    group's convention."""
+    return {**rule.arguments(group, "torch"), **rule.conventions(group.get("convention", "torch"))}
+
+
+def _validator(rule: Rule) -> Callable[..., None]:
+    """The declaration's validation, with the options of the convention the values name."""
+    def validate(**values: Any) -> None:
+        rule.validate(**{**values, **rule.conventions(values.get("convention", "torch"))})
+    return validate
+
+
+def step_dtype(fused: bool) -> torch.dtype:
+    """The dtype of a step counter: torch.optim keeps it in float32, or float64 when that is the
+    default dtype (fused kernels always want float32); matching it keeps state_dicts
+    interchangeable."""
+    if fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _clone(param: Tensor) -> Tensor:
+    return torch.clone(param, memory_format=torch.preserve_format).detach()

@@ -6,7 +6,7 @@ on load and rounded back on store, *stochastically* (unbiased): with round-to-ne
 second moment (beta2 = 0.999, a 0.1 % change per step, less than half a bfloat16 ulp) could
 never decrease.
 
-* ``torch.bfloat16``: half the bytes (:func:`sgdlab.optim.program.round_to_bfloat16`).
+* ``torch.bfloat16``: half the bytes (:func:`sgdlab.optim.bfloat16.round_to_bfloat16`).
 * ``torch.uint8``: a quarter (plus a float32 scale per 256 elements): 8-bit blockwise-quantized
   codes, the bitsandbytes idea (:mod:`sgdlab.optim.quantized`). As in bitsandbytes and torchao,
   tensors under 4096 elements (the group's ``"min_8bit_size"``) keep float32 state.
@@ -36,7 +36,7 @@ from typing import Any
 
 from sgdlab.optim import quantized
 from sgdlab.optim.base import ROUNDING_STEP, RuleOptimizer, check_min_8bit_size
-from sgdlab.optim.execution import COMPACT_DTYPES
+from sgdlab.optim.grouped import COMPACT_DTYPES
 
 # Param-group keys of compact state, which a float32 checkpoint does not have.
 COMPACT_GROUP_KEYS = ("state_dtype", "min_8bit_size", ROUNDING_STEP)

@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from sgdlab.optim.program import HASH, Program
+from sgdlab.optim.bfloat16 import HASH
+from sgdlab.optim.tracing import Program
 
 # Elements per unit of parallel work: large enough that a chunk's bookkeeping is noise, small
 # enough that two threads finish together. Measured on 8 x 4M, two threads, against 64k chunks:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sgdlab.optim.program import HASH
+from sgdlab.optim.bfloat16 import HASH
 
 BLOCK = 256
 SUFFIX = ".absmax"

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from sgdlab.optim import program as programs
+from sgdlab.optim import tracing
 
 Ref = tuple[str, Any]  # ("in", name) an input, ("k", value) a constant, ("n", i) a recorded result
 
@@ -52,7 +52,7 @@ class Num:
 
     def _op(self, function: Callable[..., Any], other: Any, reflected: bool = False) -> Any:
         if not (_is_number(other) or isinstance(other, Num)):
-            return NotImplemented  # a traced tensor (programs.Lazy) takes over
+            return NotImplemented  # a traced tensor (tracing.Lazy) takes over
         return self._tape.apply(function, *((other, self) if reflected else (self, other)))
 
     def __add__(self, o): return self._op(operator.add, o)
@@ -99,7 +99,7 @@ class Num:
 class _Recording:
     """A traced program and its numbers' record, compiled into one small Python function."""
 
-    def __init__(self, program: programs.Program, tape: Tape, scalar_refs: list[Ref],
+    def __init__(self, program: tracing.Program, tape: Tape, scalar_refs: list[Ref],
                  number_refs: dict[str, Ref | None]) -> None:
         self.program = program
         functions: list[Any] = []
@@ -130,11 +130,11 @@ class _Recording:
         self._function, self._functions, self._constants = (
             namespace["replay"], functions, constants)
 
-    def replay(self, inputs: dict[str, Any]) -> programs.Program | None:
+    def replay(self, inputs: dict[str, Any]) -> tracing.Program | None:
         replayed = self._function(inputs, self._functions, self._constants)
         if replayed is None:
             return None
-        program = object.__new__(programs.Program)  # a shallow copy, without __init__'s cost
+        program = object.__new__(tracing.Program)  # a shallow copy, without __init__'s cost
         program.__dict__.update(self.program.__dict__, scalars=replayed[0], numbers=replayed[1])
         return program
 
@@ -145,20 +145,20 @@ MAX_RECORDINGS = 16  # per configuration: more branch patterns than this are tra
 
 
 def trace(rule: Callable[..., Any], state_keys: list[str], numbers: dict[str, Any],
-          hyperparameters: dict[str, Any], *, compact: bool = False) -> programs.Program:
-    """:func:`sgdlab.optim.program.trace`, replayed when this configuration was traced before."""
+          hyperparameters: dict[str, Any], *, compact: bool = False) -> tracing.Program:
+    """:func:`sgdlab.optim.tracing.trace`, replayed when this configuration was traced before."""
     named = {**{f"number:{k}": v for k, v in numbers.items()},
              **{f"hyper:{k}": v for k, v in hyperparameters.items()}}
     inputs = {k: v for k, v in named.items() if _is_number(v)}
     # (The adapters build these dicts in a fixed order: no need to sort.)
     static = tuple((k, v) for k, v in named.items() if k not in inputs)
     if any(isinstance(v, Tensor) for _, v in static):
-        return programs.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
+        return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
     try:
         key = (rule, tuple(state_keys), compact, static)
         hash(key)
     except TypeError:  # an unhashable setting: trace every step
-        return programs.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
+        return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
 
     for recording in _recordings.get(key, ()):
         program = recording.replay(inputs)
@@ -168,15 +168,15 @@ def trace(rule: Callable[..., Any], state_keys: list[str], numbers: dict[str, An
     tape = Tape()
     wrapped = {k: Num(tape, v, ("in", k)) for k, v in inputs.items()}
     try:
-        program, scalar_refs, number_refs = programs.trace(
+        program, scalar_refs, number_refs = tracing.trace(
             rule, state_keys,
             {k: wrapped.get(f"number:{k}", v) for k, v in numbers.items()},
             {k: wrapped.get(f"hyper:{k}", v) for k, v in hyperparameters.items()},
             compact=compact, recording=True,
         )
-    except programs.TraceError:
+    except tracing.TraceError:
         # Not with stand-in numbers: trace with the plain ones (which may well succeed).
-        return programs.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
+        return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
     if tape.replayable:
         with _lock:
             recordings = _recordings.setdefault(key, [])

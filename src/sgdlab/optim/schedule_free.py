@@ -30,21 +30,13 @@ import torch
 from torch import Tensor
 
 from sgdlab.algorithms.schedule_free import (
-    schedule_free_adamw,
-    schedule_free_adamw_init,
+    SCHEDULE_FREE_ADAMW,
+    SCHEDULE_FREE_SGD,
     schedule_free_eval_point,
     schedule_free_schedule,
-    schedule_free_sgd,
-    schedule_free_sgd_init,
     schedule_free_train_point,
-    validate_schedule_free_adamw,
-    validate_schedule_free_sgd,
 )
 from sgdlab.optim.base import RuleOptimizer
-
-
-def _clone(param: Tensor) -> Tensor:
-    return torch.clone(param, memory_format=torch.preserve_format).detach()
 
 
 class _ScheduleFree(RuleOptimizer):
@@ -116,12 +108,8 @@ class _ScheduleFree(RuleOptimizer):
         self._ckp1.pop(id(group), None)  # set by before_group, which every step runs first
         group["k"] += 1
 
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": group["scheduled_lr"],
-            "ckp1": self._ckp1[id(group)],
-            "weight_decay": group["weight_decay"],
-        }
+    def step_arguments(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"ckp1": self._ckp1[id(group)]}
 
 
 class ScheduleFreeSGD(_ScheduleFree):
@@ -133,8 +121,7 @@ class ScheduleFreeSGD(_ScheduleFree):
     The math is in :mod:`sgdlab.algorithms.schedule_free`.
     """
 
-    rule = staticmethod(schedule_free_sgd)
-    validate = staticmethod(validate_schedule_free_sgd)
+    declaration = SCHEDULE_FREE_SGD
 
     def __init__(
         self,
@@ -161,11 +148,6 @@ class ScheduleFreeSGD(_ScheduleFree):
     def interpolation_beta(self, group: dict[str, Any]) -> float:
         return group["momentum"]
 
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {**super().rule_hyperparameters(group), "momentum": group["momentum"]}
-
-    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return schedule_free_sgd_init(param, clone=_clone)
 
 
 class ScheduleFreeAdamW(_ScheduleFree):
@@ -176,8 +158,7 @@ class ScheduleFreeAdamW(_ScheduleFree):
     The math is in :mod:`sgdlab.algorithms.schedule_free`.
     """
 
-    rule = staticmethod(schedule_free_adamw)
-    validate = staticmethod(validate_schedule_free_adamw)
+    declaration = SCHEDULE_FREE_ADAMW
 
     def __init__(
         self,
@@ -206,19 +187,5 @@ class ScheduleFreeAdamW(_ScheduleFree):
     def interpolation_beta(self, group: dict[str, Any]) -> float:
         return group["betas"][0]
 
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            **super().rule_hyperparameters(group),
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "step": group["k"] + 1,
-        }
-
-    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        return schedule_free_adamw_init(
-            param,
-            clone=_clone,
-            zeros_like=lambda p: self.state_zeros(p, group),
-        )
+    def step_arguments(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super().step_arguments(group), "step": group["k"] + 1}

@@ -6,14 +6,8 @@ from typing import Any
 
 from torch import Tensor
 
-from sgdlab.algorithms import sgd, validate_sgd
-from sgdlab.algorithms.conventions import sgd_options
+from sgdlab import algorithms
 from sgdlab.optim.base import RuleOptimizer
-
-
-def _validate(**hyperparameters: Any) -> None:
-    options = sgd_options(hyperparameters.get("convention", "torch"))
-    validate_sgd(**{**hyperparameters, **options})
 
 
 class SGD(RuleOptimizer):
@@ -28,8 +22,7 @@ class SGD(RuleOptimizer):
     The math and its references are in :mod:`sgdlab.algorithms.sgd`.
     """
 
-    rule = staticmethod(sgd)
-    validate = staticmethod(_validate)
+    declaration = algorithms.SGD
     group_defaults = {
         "nesterov": False,
         "maximize": False,
@@ -70,20 +63,3 @@ class SGD(RuleOptimizer):
         if convention != "torch":  # torch's convention keeps torch.optim.SGD's param-group keys
             defaults["convention"] = convention
         super().__init__(params, defaults)
-
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": group["lr"],
-            "momentum": group["momentum"],
-            "dampening": group["dampening"],
-            "weight_decay": group["weight_decay"],
-            "nesterov": group["nesterov"],
-            "maximize": group["maximize"],
-            "decoupled_weight_decay": group.get("decoupled_weight_decay", False),
-            **sgd_options(group.get("convention", "torch")),
-        }
-
-    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        # torch.optim.SGD creates the buffer from the first gradient and keeps no state at all
-        # without momentum; the rule treats a missing buffer as "first step".
-        return {}

@@ -11,20 +11,20 @@ the Adam state by SGD's at the switch.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from sgdlab.algorithms import adam, adam_init, sgd
+from sgdlab import algorithms
 from sgdlab.algorithms.swats import (
     corrected_lr_estimate,
     projection_terms,
     sgd_learning_rate,
     should_switch,
     update_lr_estimate,
-    validate_swats,
 )
+from sgdlab.optim import torch_ops
 from sgdlab.optim.base import RuleOptimizer
 
 
@@ -50,8 +50,7 @@ class SWATS(RuleOptimizer):
     or None). ``optimizer.switch_step`` and ``optimizer.sgd_lr`` read the first group's.
     """
 
-    rule = staticmethod(adam)  # the first phase; rule_for gives sgd after the switch
-    validate = staticmethod(validate_swats)
+    declaration = algorithms.SWATS
 
     def __init__(
         self,
@@ -98,42 +97,8 @@ class SWATS(RuleOptimizer):
             group["lr_estimate"], beta2=group["betas"][1], step=group["adam_step"]
         )
 
-    # --- the two phases ----------------------------------------------------------------------
-    # The Adam phase runs tensor by tensor (its projection compares each parameter before and
-    # after the step): there is no grouped loop to round compact state in.
-    compact_state_supported = False
-    grouped_execution_supported = False
-
-    def rule_for(self, group: dict[str, Any]) -> Callable[..., Any]:
-        return adam if group["switch_step"] is None else sgd
-
-    def rule_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        if group["switch_step"] is not None:
-            return self.sgd_hyperparameters(group)
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": group["lr"],
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": group["eps"],
-            "weight_decay": group["weight_decay"],
-        }
-
-    def sgd_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": group["sgd_lr"],
-            "momentum": group["betas"][0],
-            "weight_decay": group["weight_decay"],
-        }
-
-    def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        if group["switch_step"] is not None:
-            return {}  # SGD's momentum buffer is created from the first gradient
-        state = adam_init(
-            param, zeros_like=lambda p: self.state_zeros(p, group)
-        )
-        state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
-        return state
+    def step_arguments(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"switched": group["switch_step"] is not None}
 
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         if grad.is_sparse:
@@ -154,11 +119,9 @@ class SWATS(RuleOptimizer):
         # per parameter and summed in the group's order in after_group, so that updates one
         # parameter at a time (in backward) give the very same sums as one run over the group.
         terms = self.__dict__.setdefault("_projection_terms", {}).setdefault(id(group), {})
-        weight_decay = group["weight_decay"]
         for old, param, grad in zip(before, params, grads):
-            if weight_decay != 0:
-                grad = grad + weight_decay * old
-            sq, dot = projection_terms(_real(old), _real(param), _real(grad), ops=torch)
+            sq, dot = projection_terms(_real(old), _real(param), _real(grad),
+                                       weight_decay=group["weight_decay"], ops=torch_ops)
             terms[id(param)] = (float(sq), float(dot))
 
     def after_group(self, group: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
-"""The ``ops`` a rule sees on torch tensors: torch's functions, plus the multiply-adds of
-:mod:`sgdlab.algorithms.fused` computed by the very kernels torch.optim calls (``add(alpha=)``,
-``addcmul``, ``lerp``), so that a rule written in torch.optim's order of operations gives
-torch.optim's bits, on any device.
+"""The ``ops`` a rule sees on torch tensors: the contract of :mod:`sgdlab.algorithms.ops`, plus
+the multiply-adds of :mod:`sgdlab.algorithms.fused` computed by the very kernels torch.optim
+calls (``add(alpha=)``, ``addcmul``, ``lerp``), so that a rule written in torch.optim's order
+of operations gives torch.optim's bits, on any device.
 
 Under ``torch.compile`` (the grouped path's Inductor programs) those kernels are decomposed, and
 Inductor's CPU code rounds ``a * b + c`` twice; there the multiply-adds are Inductor's own fused
@@ -70,5 +70,52 @@ def _as_tensor(x: Any, like: Tensor) -> Tensor:
     return torch.tensor(x, dtype=like.dtype, device=like.device)
 
 
-def __getattr__(name: str) -> Any:  # sqrt, maximum, where, ...: torch's own
-    return getattr(torch, name)
+# --- the rest of the ops contract (sgdlab.algorithms.ops), with its meanings on torch tensors ---
+sqrt = torch.sqrt
+abs = torch.abs  # noqa: A001 - the contract's name
+sign = torch.sign
+where = torch.where
+matmul = torch.matmul
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def maximum(a: Tensor, b: Any) -> Tensor:
+    """The elementwise maximum; ``b`` may be a number (as ``clamp(min=b)``, in ``a``'s dtype)."""
+    return torch.maximum(a, b) if isinstance(b, Tensor) else torch.clamp(a, min=b)
+
+
+def minimum(a: Tensor, b: Any) -> Tensor:
+    """The elementwise minimum; ``b`` may be a number (as ``clamp(max=b)``)."""
+    return torch.minimum(a, b) if isinstance(b, Tensor) else torch.clamp(a, max=b)
+
+
+def cast(x: Tensor, dtype: str) -> Tensor:
+    """``x`` in the named floating-point dtype."""
+    return x.to(_DTYPES[dtype])
+
+
+def addmm(c: Tensor, a: Tensor, b: Tensor, beta: Any, alpha: Any) -> Tensor:
+    """``beta * c + alpha * a @ b`` as torch.addmm (matrices) or torch.baddbmm (a stack of them)
+    computes it: torch.optim.Muon's Newton-Schulz steps, one kernel per product."""
+    if c.dim() == 2:
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    if c.dim() == 3:
+        return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
+    return beta * c + alpha * torch.matmul(a, b)
+
+
+def sum(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """The sum of ``x`` over ``axis`` (all elements when None)."""
+    if axis is None:
+        return torch.sum(x)
+    return torch.sum(x, dim=axis, keepdim=keepdims)
+
+
+def norm(x: Tensor, axis: Any = None, keepdims: bool = False) -> Tensor:
+    """The 2-norm of all elements (Frobenius for a matrix), or over ``axis``."""
+    return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
+
+
+def transpose(x: Tensor) -> Tensor:
+    """``x`` with its last two axes swapped."""
+    return x.mT
