@@ -79,3 +79,13 @@ def test_a_tiny_benchmark_writes_scores_profiles_and_a_report_and_resumes_withou
     assert log.read_text() == lines
     assert json.loads((out / "benchmark.json").read_text())["scores"] == summary["scores"]
     assert "sgdlab benchmark: scores" in capsys.readouterr().out
+
+
+def test_a_run_with_a_target_stops_at_the_first_evaluation_reaching_it():
+    from sgdlab.lab.runner import train_run
+
+    task = get_task("logistic")
+    result = train_run(task, parse_spec("sgd"), epochs=6, stop_at=("val_accuracy", 0.7, True))
+    values = [r["val_accuracy"] for r in result.records]
+    assert result.status == "finished" and values[-1] >= 0.7 and all(v < 0.7 for v in values[:-1])
+    assert result.final["epoch"] < 6

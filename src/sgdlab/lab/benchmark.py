@@ -4,7 +4,8 @@ Algorithms") on laptop-sized workloads.
 A *workload* is a task with a validation target (a value of the task's metric on its validation
 split) and a budget (epochs). An optimizer's *time to target* on a run is the optimizer steps (and
 the training seconds) at the first evaluation whose validation metric reaches the target; infinite
-when the run never does. Evaluations happen after every epoch, so times are epoch-resolved.
+when the run never does. Evaluations happen after every epoch, so times are epoch-resolved; as in
+AlgoPerf, a run stops once it reaches the target (its schedule still spans the whole budget).
 
 Two rulesets, as in AlgoPerf:
 
@@ -231,12 +232,15 @@ def run_benchmark(
         if on_workload is not None:
             on_workload(f"{w.task}: target validation {task.metric} {w.target:g} within {w.epochs} epochs")
         key, higher = f"val_{task.metric}", task.higher_is_better
+        stop_at = (key, w.target, higher)  # as in AlgoPerf, a run ends when it reaches the target
         self_race = run_race(task, specs, seeds=list(range(studies)), epochs=w.epochs, workers=workers,
-                             out=out / _slug(w.task) / "self-tuning", progress=progress, console=console)
+                             out=out / _slug(w.task) / "self-tuning", progress=progress, console=console,
+                             stop_at=stop_at)
         drawn = {spec.label: [sample_configurations(spec, task, trials, s) for s in range(studies)] for spec in specs}
         trial_specs = [c for spec in specs for study in drawn[spec.label] for c in study]
         external = run_race(task, trial_specs, seeds=[0], epochs=w.epochs, workers=workers,
-                            out=out / _slug(w.task) / "external", progress=progress, console=console)
+                            out=out / _slug(w.task) / "external", progress=progress, console=console,
+                            stop_at=stop_at)
         by_label = {run.optimizer: run for run in self_race.runs + external.runs}
         times: dict[str, dict[str, dict[str, list[Any]]]] = {r: {} for r in RULESETS}
         best_val: dict[str, dict[str, float | None]] = {r: {} for r in RULESETS}

@@ -93,11 +93,13 @@ def lab_warning_prefix() -> str:
 class Budget:
     """When a run stops: after ``epochs`` epochs, ``steps`` optimizer steps or ``time_budget``
     seconds of training, whichever comes first (unset limits do not apply; all unset means the
-    task's default epochs)."""
+    task's default epochs). ``stop_at = (key, value, higher_is_better)`` also ends a run at the
+    first evaluation whose ``record[key]`` reaches ``value`` (a benchmark's validation target)."""
 
     epochs: int | None = None
     steps: int | None = None
     time_budget: float | None = None
+    stop_at: tuple[str, float, bool] | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "steps", "time_budget"):
@@ -107,8 +109,21 @@ class Budget:
 
     def resolve(self, task: Task) -> "Budget":
         if self.epochs is None and self.steps is None and self.time_budget is None:
-            return Budget(epochs=task.epochs)
+            return Budget(epochs=task.epochs, stop_at=self.stop_at)
         return self
+
+    def reached(self, record: dict[str, Any]) -> bool:
+        if self.stop_at is None:
+            return False
+        key, target, higher = self.stop_at
+        value = record.get(key)
+        return value is not None and (value >= target if higher else value <= target)
+
+    def key(self) -> tuple[Any, ...]:
+        """What identifies the budget in a run's id (``stop_at`` only when set, so ids without it
+        stay what they were)."""
+        limits = (self.epochs, self.steps, self.time_budget)
+        return limits if self.stop_at is None else (*limits, *self.stop_at)
 
     def fraction(self, epoch: int, step: int, seconds: float) -> float:
         """How much of the budget has been used, in [0, 1]."""
@@ -162,7 +177,7 @@ def run_id(task: Task, spec: OptimizerSpec, seed: int, budget: Budget, batch_siz
     """A stable name for a run: what it trains decides it, so a rerun finds its checkpoint."""
     key = json.dumps(
         [task.name, task.fingerprint(), spec.name, sorted((k, repr(v)) for k, v in spec.resolved(task).items()),
-         spec.full_batch, seed, dataclasses.astuple(budget), batch_size],
+         spec.full_batch, seed, budget.key(), batch_size],
     )
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.label).strip("_")[:40] or "opt"
     return f"{slug}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
@@ -203,6 +218,7 @@ def train_run(
     checkpoint: str | os.PathLike | None = None,
     on_eval: Callable[[dict[str, Any]], Any] | None = None,
     on_progress: Callable[[float], Any] | None = None,
+    stop_at: tuple[str, float, bool] | None = None,
 ) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed``; evaluate (train and test loss and metrics) at the
     start and after every epoch, calling ``on_eval(record)`` each time.
@@ -213,7 +229,7 @@ def train_run(
     from it (a finished run returns at once with its records); killing the process loses at most
     the epoch in progress. Exceptions raised by ``on_eval`` (e.g. a tuner's prune signal) propagate.
     """
-    budget = Budget(epochs, steps, time_budget).resolve(task)
+    budget = Budget(epochs, steps, time_budget, stop_at).resolve(task)
     batch = task.n_train if spec.full_batch else int(batch_size or task.batch_size)
     if batch < 1:
         raise ValueError(f"batch_size={batch} (expected >= 1)")
@@ -311,6 +327,8 @@ def train_run(
         entry = record(False)
         if entry["diverged"]:
             status = DIVERGED
+        elif budget.reached(entry):
+            status = FINISHED
         publish(entry)
 
     x, y = task.x_train, task.y_train
@@ -348,7 +366,7 @@ def train_run(
         entry = record(diverged, partial)
         if entry["diverged"]:
             status = DIVERGED
-        elif partial is not None or budget.exhausted(epoch, step, seconds):
+        elif partial is not None or budget.exhausted(epoch, step, seconds) or budget.reached(entry):
             status = FINISHED
         publish(entry)
     return RunResult(rid, spec.label, seed, status, records)
@@ -436,6 +454,7 @@ def _guarded_run(task, spec, seed, budget, batch_size, checkpoint, on_eval, on_p
         return train_run(
             task, spec, seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
             batch_size=batch_size, checkpoint=checkpoint, on_eval=on_eval, on_progress=on_progress,
+            stop_at=budget.stop_at,
         )
     except Exception as error:  # a bug in one optimizer must not take the race down
         return RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
@@ -507,6 +526,7 @@ def run_race(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     console: Any = None,
+    stop_at: tuple[str, float, bool] | None = None,
 ) -> RaceResult:
     """Run every spec with every seed (``seeds``: a count, 0..N-1, or explicit seeds).
 
@@ -522,7 +542,7 @@ def run_race(
     specs = list(specs)
     if not specs:
         raise ValueError("specs: expected at least one optimizer")
-    budget = Budget(epochs, steps, time_budget).resolve(task)
+    budget = Budget(epochs, steps, time_budget, stop_at).resolve(task)
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers={workers} (expected >= 1)")
