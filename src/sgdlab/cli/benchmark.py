@@ -8,7 +8,7 @@ import sys
 
 EXAMPLES = """\
 examples:
-  sgdlab benchmark --quick                          digits, logistic, mnist1d; 3 optimizers; a few minutes
+  sgdlab benchmark --quick                          digits and logistic, 3 optimizers: a few minutes
   sgdlab benchmark                                  the full suite: digits, logistic, mnist1d, modular
   sgdlab benchmark --task digits --task mnist1d --target mnist1d=0.9 --epochs mnist1d=30
   sgdlab benchmark --opt momentum --opt torch.NAdam:decoupled_weight_decay=True,schedule=cosine,warmup=0.05,label=nadamw
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--task", action="append", default=None, metavar="NAME",
                         help="a workload's task, repeatable (default: digits, logistic, mnist1d, modular; "
-                        "with --quick: digits, logistic, mnist1d)")
+                        "with --quick: digits, logistic)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=VALUE",
                         help="validation target of a task's metric (default: the suite's)")
     parser.add_argument("--epochs", action="append", default=[], metavar="N|NAME=N",
