@@ -81,3 +81,11 @@ def test_a_schedule_needs_a_known_run_length():
     task = _tiny_task()
     with pytest.raises(ValueError, match="epoch or step budget"):
         train_run(task, parse_spec("sgd:schedule=cosine"), time_budget=1.0)
+
+
+def test_the_lr_range_test_refuses_a_schedule(capsys, tmp_path):
+    from sgdlab.cli import main
+
+    code = main(["tune", "lr", "--task", "logistic", "--opt", "sgd:schedule=cosine", "--out", str(tmp_path / "lr")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "sweeps the learning rate itself" in err and len(err.splitlines()) == 1

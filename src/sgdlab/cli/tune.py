@@ -168,6 +168,8 @@ def run_lr(args: argparse.Namespace) -> int:
         task, spec, out = _task_and_spec(args, "runs/tune-lr-{task}-{opt}")
     except ValueError as error:
         return _error(str(error))
+    if not spec.schedule(task).constant:
+        return _error(f"{spec.label}: the range test sweeps the learning rate itself; drop schedule= and warmup=")
 
     import json
 
