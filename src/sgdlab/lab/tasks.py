@@ -317,12 +317,13 @@ def _sizes(y_train: Tensor, y_val: Tensor, y_test: Tensor) -> str:
     return f"{len(y_train)} train / {len(y_val)} validation / {len(y_test)} test"
 
 
-# Validation targets for `sgdlab benchmark` (validation accuracy): see docs/lab/benchmark.md for how
-# they were chosen.
+# Validation targets for `sgdlab benchmark` (validation accuracy within the task's default epochs):
+# a little below the best that tuned optimizers reached in the equal-budget races of
+# docs/lab/benchmark.md (digits 0.98, logistic 0.82, mnist1d 0.85 in 10 epochs, modular 0.43).
 DIGITS_TARGET = 0.95
 MNIST1D_TARGET = 0.85
-MODULAR_TARGET = 0.9
-LOGISTIC_TARGET = 0.8
+MODULAR_TARGET = 0.35
+LOGISTIC_TARGET = 0.815
 # Greydanus (2020), "Scaling down deep learning", Table 1: test accuracy of the baselines on MNIST-1D
 # (4000 train / 1000 test). The lab's 1-D CNN is the comparable model; the others are for context.
 MNIST1D_PAPER = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
