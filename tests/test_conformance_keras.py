@@ -8,7 +8,7 @@ methods, unchanged, thus construct, step, clip, serialize and train sgdlab's opt
 copied into this repository.
 
 Runs on the Keras backend named by KERAS_BACKEND (torch when unset); tests/test_keras_backends.py
-runs this file on tensorflow (and jax when installed) in subprocesses:
+runs this file on tensorflow and jax in subprocesses:
 
     KERAS_BACKEND=tensorflow python -m pytest tests/test_conformance_keras.py
 """

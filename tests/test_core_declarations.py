@@ -20,7 +20,7 @@ import sgdlab
 from sgdlab import algorithms
 from sgdlab.algorithms import ops as contract
 from sgdlab.algorithms.rule import Hyperparameter, Route, Rule
-from sgdlab.optim import RuleOptimizer, program, torch_ops
+from sgdlab.optim import RuleOptimizer, torch_ops, tracing
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # as tests/test_keras.py: the backend CI has
 
@@ -183,10 +183,36 @@ class NormalizedSGD(RuleOptimizer):
         super().__init__(params, {"lr": lr})
 
 
-def test_a_rule_declared_not_elementwise_is_never_traced(monkeypatch):
+def _count_traces(monkeypatch):
+    """A list that grows by one at every trace of a rule (the grouped path's first step)."""
     traced = []
-    original = program.trace
-    monkeypatch.setattr(program, "trace", lambda *a, **k: traced.append(1) or original(*a, **k))
+    original = tracing.trace
+    monkeypatch.setattr(tracing, "trace", lambda *a, **k: traced.append(1) or original(*a, **k))
+    return traced
+
+
+def test_the_trace_counter_counts(monkeypatch):
+    # The grouped path does trace an elementwise rule (a new one: traces are replayed per rule
+    # and configuration for the whole process): the counter can see it.
+    def halved(param, grad, state, *, lr, ops):
+        return param - 0.5 * lr * grad, {}
+
+    class Halved(RuleOptimizer):
+        declaration = Rule(name="halved", update=halved, hyperparameters=(Hyperparameter("lr"),))
+
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, {"lr": lr})
+
+    traced = _count_traces(monkeypatch)
+    param = torch.nn.Parameter(torch.zeros(4))
+    param.grad = torch.ones(4)
+    Halved([param], lr=0.2).step()
+    assert traced
+    torch.testing.assert_close(param.detach(), torch.full((4,), -0.1))
+
+
+def test_a_rule_declared_not_elementwise_is_never_traced(monkeypatch):
+    traced = _count_traces(monkeypatch)
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
     optimizer = NormalizedSGD(params, lr=1.0)
     for _ in range(10):
@@ -197,10 +223,35 @@ def test_a_rule_declared_not_elementwise_is_never_traced(monkeypatch):
     torch.testing.assert_close(params[0].detach(), torch.tensor([-6.0, -8.0, 0.0]))
 
 
+def test_an_undeclared_rule_that_cannot_be_traced_is_tried_once(monkeypatch):
+    # A subclass without a declaration: the first step finds out, later steps remember.
+    traced = _count_traces(monkeypatch)
+
+    class Undeclared(RuleOptimizer):
+        rule = staticmethod(_normalized)
+        validate = staticmethod(lambda **_: None)
+
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, {"lr": lr})
+
+        def rule_hyperparameters(self, group):
+            return {"lr": group["lr"]}
+
+        def init_state(self, param, group):
+            return {}
+
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))]
+    optimizer = Undeclared(params, lr=1.0)
+    for _ in range(10):
+        params[0].grad = torch.tensor([3.0, 4.0, 0.0])
+        params[1].grad = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        optimizer.step()
+    assert 1 <= len(traced) <= 2  # the first step only (with stand-in numbers, then plain ones)
+    torch.testing.assert_close(params[0].detach(), torch.tensor([-6.0, -8.0, 0.0]))
+
+
 def test_swats_is_never_traced(monkeypatch):
-    traced = []
-    original = program.trace
-    monkeypatch.setattr(program, "trace", lambda *a, **k: traced.append(1) or original(*a, **k))
+    traced = _count_traces(monkeypatch)
     param = torch.nn.Parameter(torch.randn(8))
     optimizer = sgdlab.SWATS([param], switch_at=3)
     for _ in range(6):

@@ -27,7 +27,7 @@ The step's scale s(A, B) ("adjust_lr_fn"):
 
     "original" (or None)   sqrt(max(1, A / B))       the post: RMS of the update independent of A/B
     "match_rms_adamw"      rms_rate sqrt(max(A, B))   Liu et al. 2025: the RMS of AdamW's update
-                                                      (rms_rate 0.2), so AdamW's lr and decay carry over
+                                                      (rms_rate 0.2): AdamW's lr, decay carry over
     "none"                 1
 
 Everything but NS is elementwise, and NS works on the last two axes: a stack of same-shape
@@ -76,12 +76,13 @@ def newton_schulz(x: Any, *, coefficients: Any = NS_COEFFICIENTS, steps: int = N
     return ops.transpose(x) if tall else x
 
 
-def lr_scale(shape: Any, adjust_lr_fn: str | None = None, rms_rate: float = 0.2) -> float:
-    """s(A, B) for a matrix (or stack of matrices) of ``shape``; see the module docstring."""
+def lr_scale(shape: Any, adjust_lr_fn: str | None = None, rms_rate: float | None = 0.2) -> float:
+    """s(A, B) for a matrix (or stack of matrices) of ``shape``; see the module docstring
+    (``rms_rate=None`` turns "match_rms_adamw" off, as in Keras)."""
     rows, columns = int(shape[-2]), int(shape[-1])
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         return math.sqrt(max(1, rows / columns))
-    if adjust_lr_fn == "match_rms_adamw":
+    if adjust_lr_fn == "match_rms_adamw" and rms_rate is not None:
         return rms_rate * math.sqrt(max(rows, columns))
     return 1.0
 
@@ -95,11 +96,13 @@ def muon(
     weight_decay: Any = 0.1,
     momentum: Any = 0.95,
     nesterov: bool = True,
-    ns_coefficients: Any = NS_COEFFICIENTS,
+    ns_a: float = NS_COEFFICIENTS[0],
+    ns_b: float = NS_COEFFICIENTS[1],
+    ns_c: float = NS_COEFFICIENTS[2],
     eps: float = EPS,
     ns_steps: int = NS_STEPS,
     adjust_lr_fn: str | None = None,
-    rms_rate: float = 0.2,
+    rms_rate: float | None = 0.2,
     momentum_form: str = "average",
     ns_dtype: str | None = "bfloat16",
     eps_form: str = "clamp",
@@ -114,7 +117,7 @@ def muon(
     else:  # Keras: m += g + (mu - 1) m
         buf = buf + (grad + buf * (momentum - 1))
         update = grad + momentum * buf if nesterov else buf
-    update = newton_schulz(update, coefficients=ns_coefficients, steps=ns_steps, eps=eps,
+    update = newton_schulz(update, coefficients=(ns_a, ns_b, ns_c), steps=ns_steps, eps=eps,
                            dtype=ns_dtype, eps_form=eps_form, ops=ops)
     param, _ = decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=True, ops=ops)
     step = -lr * lr_scale(param.shape, adjust_lr_fn, rms_rate)
@@ -123,12 +126,14 @@ def muon(
 
 def muon_options(convention: str) -> dict[str, Any]:
     """Keyword options of :func:`muon` that give Muon the named framework's formulas:
-    torch.optim.Muon averages momentum, runs NS in bfloat16 and clamps the norm; Keras sums
-    momentum, runs NS in the tensors' dtype and adds eps to the norm. (Which parameters Muon
-    updates and the step's scale are options of their own: ``adjust_lr_fn``, the routes.)"""
+    torch.optim.Muon averages momentum, runs NS in bfloat16, clamps the norm and scales the step
+    by ``adjust_lr_fn`` (default "original"); Keras sums momentum, runs NS in the tensors' dtype,
+    adds eps to the norm and scales the step as "match_rms_adamw" with its ``rms_rate`` (None:
+    unscaled). (Which parameters Muon updates is a matter of routes.)"""
     validate_convention(convention)
     if convention == "keras":
-        return {"momentum_form": "sum", "ns_dtype": None, "eps_form": "add"}
+        return {"momentum_form": "sum", "ns_dtype": None, "eps_form": "add",
+                "adjust_lr_fn": "match_rms_adamw"}
     return {}
 
 
@@ -174,7 +179,9 @@ MUON = Rule(
         Hyperparameter("weight_decay"),
         Hyperparameter("momentum"),
         Hyperparameter("nesterov"),
-        Hyperparameter("ns_coefficients", keras=None),
+        Hyperparameter("ns_a", torch="ns_coefficients[0]", keras="muon_a"),
+        Hyperparameter("ns_b", torch="ns_coefficients[1]", keras="muon_b"),
+        Hyperparameter("ns_c", torch="ns_coefficients[2]", keras="muon_c"),
         Hyperparameter("eps", keras=None),
         Hyperparameter("ns_steps"),
         Hyperparameter("adjust_lr_fn", keras=None),
@@ -187,7 +194,9 @@ MUON = Rule(
     # Newton-Schulz is a matrix operation: tensor by tensor (or stacks of same-shape matrices).
     elementwise=False,
     stacks=True,
-    compact_state=False,
+    # bfloat16 momentum, rounded stochastically by the stacked path; 8-bit codes are the grouped
+    # elementwise path's, which a matrix operation cannot take.
+    compact_state=("bfloat16",),
 )
 
 

@@ -16,7 +16,8 @@ beside it in the same file, says everything else once:
 * its **capabilities**: ``elementwise`` (the update is a function of each element alone, so the
   grouped fast path may run it over concatenated tensors and populations may vectorize it; a
   rule that reduces over a tensor or a group is not) and ``compact_state`` (whether its state
-  may be stored in bfloat16 or 8 bits);
+  may be stored in bfloat16 or 8 bits: True for both, or a tuple naming those it takes, e.g.
+  ``("bfloat16",)``);
 * ``stacks``: whether the update takes a stack of same-shape tensors on leading axes and updates
   each as if alone (Muon's Newton-Schulz, batched matrix products): the torch face then runs a
   non-elementwise rule once per shape instead of once per tensor;
@@ -98,7 +99,7 @@ class Rule:
     #: Keyword options of ``update`` that give it a framework's formulas (torch/keras).
     conventions: Callable[[str], dict[str, Any]] = field(default=lambda convention: {})
     elementwise: bool = True
-    compact_state: bool = True
+    compact_state: bool | tuple[str, ...] = True
     stacks: bool = False
     routes: tuple[Route, ...] = ()
 
@@ -109,14 +110,21 @@ class Rule:
         Hyperparameters the face does not name, or whose value is absent, are left out (the
         update's default, or a value the adapter adds)."""
         arguments: dict[str, Any] = {}
-        for hyperparameter in self.hyperparameters:
-            key = hyperparameter.torch_key if face == "torch" else hyperparameter.keras_key
-            if key is None:
-                continue
-            found, value = _lookup(values, key)
-            if found:
-                arguments[hyperparameter.name] = value
+        # Once per group and step: the names are parsed once per declaration (_keys).
+        for name, base, index in self._keys(face):
+            if base in values:
+                value = values[base]
+                arguments[name] = value if index is None else value[index]
         return arguments
+
+    def _keys(self, face: str) -> list[tuple[str, str, int | None]]:
+        cache = self.__dict__.setdefault("_parsed_keys", {})
+        keys = cache.get(face)
+        if keys is None:
+            keys = cache[face] = [
+                (h.name, *_split(key)) for h in self.hyperparameters
+                if (key := h.torch_key if face == "torch" else h.keras_key) is not None]
+        return keys
 
     def face_name(self, name: str, face: str) -> str:
         """What ``face`` calls the hyperparameter that torch calls ``name`` (or that is
@@ -183,12 +191,3 @@ def _split(key: str) -> tuple[str, int | None]:
         base, index = key[:-1].split("[", 1)
         return base, int(index)
     return key, None
-
-
-def _lookup(values: Mapping[str, Any], key: str) -> tuple[bool, Any]:
-    base, index = _split(key)
-    if base not in values:
-        return False, None
-    value = values[base]
-    return True, (value if index is None else value[index])
-

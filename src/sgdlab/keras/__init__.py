@@ -5,7 +5,7 @@
 
     model.compile(optimizer=sgdlab.keras.AdamW(learning_rate=1e-3), loss="mse")
 
-``SGD``, ``Adam`` and ``AdamW`` are ``keras.optimizers.Optimizer`` subclasses with Keras's
+``SGD``, ``Adam``, ``AdamW`` and ``Muon`` are ``keras.optimizers.Optimizer`` subclasses with Keras's
 signatures, defaults and numbers, running the same rules (:mod:`sgdlab.algorithms`) as the
 PyTorch classes ``sgdlab.SGD`` / ``Adam`` / ``AdamW``; ``convention="torch"`` gives them
 torch.optim's formulas instead. They also bring back TensorFlow 2's ``minimize(loss, var_list)``.
@@ -22,6 +22,7 @@ except ImportError as error:  # pragma: no cover - depends on the installation
         "torch or jax)"
     ) from error
 
+from sgdlab.keras.muon import Muon
 from sgdlab.keras.optimizers import SGD, Adam, AdamW, RuleOptimizer
 from sgdlab.keras.schedule_free import ScheduleFreeAdamW, ScheduleFreeCallback, ScheduleFreeSGD
 from sgdlab.keras.swats import SWATS
@@ -30,6 +31,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Muon",
     "RuleOptimizer",
     "SWATS",
     "ScheduleFreeSGD",

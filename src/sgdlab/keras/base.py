@@ -73,14 +73,16 @@ def checked(rule: Rule, keras_values: dict[str, Any], convention: str = "torch",
     ``schedule``, arguments that are not the rule's, under their own names), and word an
     invalid value as Keras does: ``Argument `beta_1` must be a float in [0, 1). Received:
     beta_1=1.0``."""
-    canonical = {}
-    for hyperparameter in rule.hyperparameters:
-        key = hyperparameter.keras_key
-        if key is not None and key in keras_values:
-            canonical[hyperparameter.name] = keras_values[key]
     # Every rule validates ``lr``, Keras's learning_rate (a schedule's value, for some rules).
-    values = {"lr": keras_values.get("learning_rate", 0.0), **rule.torch_values(canonical),
-              **schedule, **rule.conventions(convention)}
+    values = {"lr": keras_values.get("learning_rate", 0.0)}
+    for declared in _rules(rule):  # a routed rule's routes have hyperparameters of their own
+        canonical = {}
+        for hyperparameter in declared.hyperparameters:
+            key = hyperparameter.keras_key
+            if key is not None and key in keras_values:
+                canonical[hyperparameter.name] = keras_values[key]
+        values.update(declared.torch_values(canonical))
+    values.update({**schedule, **rule.conventions(convention)})
     try:
         rule.validate(**values)
     except ValueError as error:
@@ -93,6 +95,15 @@ def checked(rule: Rule, keras_values: dict[str, Any], convention: str = "torch",
         raise ValueError(
             f"Argument `{name}` must be {requirement}. Received: {name}={invalid.value!r}"
         ) from None
+
+
+def _rules(rule: Rule) -> list[Rule]:
+    """``rule`` and the rules of its routes (each once)."""
+    found = [rule]
+    for route in rule.routes:
+        if all(route.rule is not known for known in found):
+            found.append(route.rule)
+    return found
 
 
 def learning_rate_value(learning_rate: Any) -> float:
@@ -135,10 +146,10 @@ class RuleOptimizer(keras.optimizers.Optimizer):
             setattr(self, key, value)
 
     # --- state ---------------------------------------------------------------------------------
-    def _declared(self) -> dict[str, Any]:
-        """The rule's hyperparameters that this object holds, under their canonical names, with
-        the convention's options."""
-        rule = type(self).declaration
+    def _declared(self, rule: Rule | None = None) -> dict[str, Any]:
+        """``rule``'s hyperparameters (default: the declaration's) that this object holds, under
+        their canonical names, with the convention's options."""
+        rule = rule or type(self).declaration
         values = {}
         for hyperparameter in rule.hyperparameters:
             key = hyperparameter.keras_key
@@ -162,6 +173,9 @@ class RuleOptimizer(keras.optimizers.Optimizer):
         super().build(variables)
         copies = {entry.key for entry in type(self).declaration.state if entry.start == COPY}
         slots: dict[str, list[Any]] = {}
+        if type(self).declaration.routes:
+            self._slots = self._routed_slots(variables)
+            return
         for group in self.slot_groups():
             for key in group:
                 slots[key] = []
@@ -176,6 +190,32 @@ class RuleOptimizer(keras.optimizers.Optimizer):
                         slot.assign(ops.copy(value_of(variable)))
                     slots[key].append(slot)
         self._slots = slots
+
+    def rule_for(self, variable: Any) -> Rule:
+        """The rule that updates ``variable``: the declaration's route for it (a subclass may
+        route on what only it knows, e.g. layer names)."""
+        return type(self).declaration.route(variable)
+
+    def _routed_slots(self, variables: list[Any]) -> dict[str, list[Any]]:
+        """Slots of a routed declaration, variable by variable (each with its own rule's entries,
+        in declaration order), as keras.optimizers.Muon creates them; None where a variable's
+        rule has no such entry."""
+        slots: dict[str, list[Any]] = {}
+        # Decided once, on the Keras variables: update_step may see the backend's own variable.
+        self._variable_rules = [self.rule_for(variable) for variable in variables]
+        for index, variable in enumerate(variables):
+            if getattr(variable, "overwrite_with_gradient", False):
+                continue
+            rule = self._variable_rules[index]
+            for entry in rule.entries(self._declared(rule)):
+                if entry.start == COUNTER:
+                    continue
+                column = slots.setdefault(entry.key, [None] * len(variables))
+                column[index] = self.add_variable_from_reference(
+                    variable, name=entry.keras or entry.key)
+                if entry.start == COPY:
+                    column[index].assign(ops.copy(value_of(variable)))
+        return slots
 
     # --- group-level steps ------------------------------------------------------------------------
     def before_step(self, learning_rate: Any) -> None:
@@ -202,16 +242,18 @@ class RuleOptimizer(keras.optimizers.Optimizer):
         self.after_step()
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        rule = type(self).declaration
         dtype = variable.dtype
         index = self._get_variable_index(variable)
+        rule = (self._variable_rules[index] if type(self).declaration.routes
+                else type(self).declaration)
         old = value_of(variable)
         grad = ops.cast(gradient, dtype)
-        state = {key: value_of(slots[index]) for key, slots in self._slots.items()}
+        state = {key: value_of(slots[index]) for key, slots in self._slots.items()
+                 if slots[index] is not None}
         # The rule counts this step as step + 1; Keras's base increments iterations afterwards.
         state.update({key: ops.cast(self.iterations, dtype) for key in rule.counters})
         arguments = {
-            **self._declared(),
+            **self._declared(rule),
             "lr": ops.cast(learning_rate, dtype),
             "weight_decay": self._l2_coefficient(variable),
             **self.step_arguments(variable, dtype),
@@ -222,7 +264,8 @@ class RuleOptimizer(keras.optimizers.Optimizer):
             self.after_update(variable, old, grad, new)
             self.assign(variable, new)
             for key, slots in self._slots.items():
-                self.assign(slots[index], new_state[key])
+                if slots[index] is not None:
+                    self.assign(slots[index], new_state[key])
 
     # --- weight decay: Keras's base decouples it; torch's SGD and Adam add it to the gradient ---
     @property
@@ -258,7 +301,8 @@ class RuleOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        for hyperparameter in type(self).declaration.hyperparameters:
+        for hyperparameter in (h for rule in _rules(type(self).declaration)
+                               for h in rule.hyperparameters):
             key = hyperparameter.keras_key
             if key is not None and key not in BASE_OWNED and hasattr(self, key):
                 config[key] = getattr(self, key)

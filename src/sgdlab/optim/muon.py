@@ -59,6 +59,7 @@ class Muon(RuleOptimizer):
                         "Muon only supports 2D parameters whereas we found a parameter with "
                         f"size: {param.size()}"
                     )
+                _refuse_shards(param)
 
     def check_grad(self, param: Tensor, grad: Tensor) -> None:
         # torch.optim.Muon's checks at each step, in its words.
@@ -68,6 +69,19 @@ class Muon(RuleOptimizer):
             raise RuntimeError("Muon does not support sparse gradients")
         if grad.ndim != 2:
             raise ValueError("Param gradient must be a 2D matrix")
+        _refuse_shards(param)
+
+
+def _refuse_shards(param: Tensor) -> None:
+    """Newton-Schulz needs each whole matrix; a DTensor (FSDP2) holds a shard of it, and
+    gathering the shards around the update is not implemented: refused rather than
+    orthogonalizing each shard on its own."""
+    if type(param).__name__ == "DTensor":
+        raise ValueError(
+            f"Muon does not take DTensor (FSDP2-sharded) parameters (a parameter of global shape "
+            f"{list(param.shape)}): Newton-Schulz needs each whole matrix, and sgdlab does not "
+            "gather the shards; use it on unsharded (e.g. DDP) parameters"
+        )
 
 
 class MuonWithAdamW(RuleOptimizer):
@@ -114,3 +128,7 @@ class MuonWithAdamW(RuleOptimizer):
         if convention != "torch":
             defaults["convention"] = convention
         super().__init__(params, defaults)
+
+    def check_grad(self, param: Tensor, grad: Tensor) -> None:
+        if param.ndim == 2:
+            _refuse_shards(param)

@@ -141,6 +141,7 @@ class _Recording:
 
 _lock = threading.Lock()
 _recordings: dict[Any, list[_Recording]] = {}
+_untraceable: set[Any] = set()  # configurations that could not be traced at all
 MAX_RECORDINGS = 16  # per configuration: more branch patterns than this are traced each time
 
 
@@ -160,6 +161,8 @@ def trace(rule: Callable[..., Any], state_keys: list[str], numbers: dict[str, An
     except TypeError:  # an unhashable setting: trace every step
         return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
 
+    if key in _untraceable:  # failed before with this configuration: per tensor, no new attempt
+        raise tracing.TraceError(f"{getattr(rule, '__name__', rule)} could not be traced before")
     for recording in _recordings.get(key, ()):
         program = recording.replay(inputs)
         if program is not None:
@@ -175,8 +178,16 @@ def trace(rule: Callable[..., Any], state_keys: list[str], numbers: dict[str, An
             compact=compact, recording=True,
         )
     except tracing.TraceError:
-        # Not with stand-in numbers: trace with the plain ones (which may well succeed).
-        return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
+        # Not with stand-in numbers: trace with the plain ones (which may well succeed). A rule
+        # that fails with those too is not elementwise in this configuration (a reduction, a
+        # matrix product): remembered, so that its later steps go straight to the per-tensor
+        # path. (A declared rule says so up front, ``elementwise=False``, and is never traced.)
+        try:
+            return tracing.trace(rule, state_keys, numbers, hyperparameters, compact=compact)
+        except tracing.TraceError:
+            with _lock:
+                _untraceable.add(key)
+            raise
     if tape.replayable:
         with _lock:
             recordings = _recordings.setdefault(key, [])
