@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
-exec python -m pytest -n auto "$@"
+# loadgroup: tests marked xdist_group("NAME") run on one worker (two-process tests share a launch)
+exec python -m pytest -n auto --dist loadgroup "$@"

@@ -50,3 +50,31 @@ def test_a_small_race_prints_tables_and_writes_the_report(tmp_path, capsys, monk
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert [run["status"] for run in summary["runs"]] == ["finished"] * 4
+
+
+def test_tune_gives_every_optimizer_the_same_trials_and_reports_tuned_beside_untuned(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "race"
+    argv = ["compare", "--task", "logistic", "--opt", "sgd", "--opt", "adam", "--tune", "2", "--seeds", "2",
+            "--epochs", "1", "--workers", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["trials"] for t in summary["tuning"]] == [2, 2]
+    assert all(t["cpu_seconds"] > 0 for t in summary["tuning"])
+    assert list(summary["optimizers"]) == ["sgd", "adam", "sgd tuned", "adam tuned"]
+    assert {run["seed"] for run in summary["runs"]} == {0, 1}  # fresh seeds: the trials trained from seed 1000
+    report = (out / "report.md").read_text()
+    assert "## Tuning (equal budget)" in report and "What does tuning buy" in report
+    assert "Tuned: SGD vs Adam" in capsys.readouterr().out
+    log = (out / "runs.jsonl").read_text()
+    assert main(argv) == 0  # resumed: the studies hold their 2 trials, the race its finished runs
+    again = json.loads((out / "summary.json").read_text())
+    assert [t["trials"] for t in again["tuning"]] == [2, 2] and (out / "runs.jsonl").read_text() == log
+    assert [t["tuned_spec"] for t in again["tuning"]] == [t["tuned_spec"] for t in summary["tuning"]]
+
+
+def test_a_schedule_with_only_a_time_budget_is_a_usage_error(capsys, tmp_path):
+    code = main(["compare", "--task", "logistic", "--opt", "sgd:schedule=cosine", "--time-budget", "1",
+                 "--out", str(tmp_path / "race")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs --epochs or --steps" in err and len(err.splitlines()) == 1

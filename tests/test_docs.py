@@ -119,10 +119,16 @@ def _bench_case(args: list[str]) -> list[str]:
     return [quick_case.get(arg, arg) if i and args[i - 1] == "--case" else arg for i, arg in enumerate(args)]
 
 
+def _fewer_trials(args: list[str]) -> list[str]:
+    return _set(args, "--tune", "2") if "--tune" in args else args
+
+
 # (command, subcommand) -> the same command at a smaller size. ``out`` is a fresh directory name.
 CHEAP = {
     ("sgdlab", "compare"): lambda a, out: _set(_set(_set(_set(_set(
-        a, "--seeds", "1"), "--epochs", "1"), "--workers", "1"), "--no-progress"), "--out", out),
+        _fewer_trials(a), "--seeds", "1"), "--epochs", "1"), "--workers", "1"), "--no-progress"), "--out", out),
+    ("sgdlab", "benchmark"): lambda a, out: _set(_set(_set(_set(_set(
+        a, "--studies", "1"), "--trials", "1"), "--epochs", "1"), "--no-progress"), "--out", out),
     ("sgdlab", "tune lr"): lambda a, out: _set(_set(_set(a, "--steps", "30"), "--no-progress"), "--out", out),
     ("sgdlab", "tune search"): lambda a, out: _set(_set(_set(_set(_set(
         a, "--trials", "2"), "--epochs", "1"), "--confirm-seeds", "2"), "--no-progress"), "--out", out),

@@ -49,7 +49,8 @@ def test_the_suite_tests_sgdlab_muon():
 def _train(optimizer, steps=4):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="hidden"),
-                              keras.layers.Dense(8, name="mid"), keras.layers.Dense(1, name="last")])
+                              keras.layers.Dense(8, name="mid"),
+                              keras.layers.Dense(1, name="last")])
     x = np.linspace(-1, 1, 5 * 6, dtype="float32").reshape(5, 6)
     y = np.linspace(0, 1, 5, dtype="float32").reshape(5, 1)
     model.compile(optimizer=optimizer, loss="mse")

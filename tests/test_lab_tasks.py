@@ -69,9 +69,9 @@ def test_logistic_optimum_is_a_lower_bound_that_gradient_descent_approaches():
 
 def test_modular_task_covers_every_pair_once():
     task = get_task("modular", p=7)
-    pairs = torch.cat([task.x_train, task.x_test])[:, :2]
+    pairs = torch.cat([task.x_train, task.x_val, task.x_test])[:, :2]
     assert len({tuple(p.tolist()) for p in pairs}) == 49
-    assert torch.equal(torch.cat([task.y_train, task.y_test]), (pairs[:, 0] + pairs[:, 1]) % 7)
+    assert torch.equal(torch.cat([task.y_train, task.y_val, task.y_test]), (pairs[:, 0] + pairs[:, 1]) % 7)
 
 
 def test_mnist1d_is_generated_offline_and_cached_in_the_user_cache(tmp_path, monkeypatch):
@@ -113,3 +113,42 @@ def test_inconsistent_task_data_is_rejected():
     with pytest.raises(ValueError, match="metric"):
         Task("bad", torch.nn.Identity, torch.zeros(4, 2), torch.zeros(4), torch.zeros(2, 2), torch.zeros(2),
              metric="f1")
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_builtin_tasks_hold_out_a_validation_split_apart_from_train_and_test(name):
+    task = get_task(name, **BUILTINS[name])
+    assert task.has_validation and task.n_val == round(0.2 * (task.n_train + task.n_val))
+    assert task.with_validation() is task  # the task's own split is the one every command uses
+    train = {tuple(r) for r in task.x_train.tolist()}
+    assert not any(tuple(r) in train for r in task.x_val.tolist()) or name == "mnist1d"  # MNIST-1D may repeat
+
+
+def test_a_task_without_validation_data_gets_a_deterministic_split_of_its_training_data():
+    x, y = torch.randn(50, 3), torch.randint(0, 2, (50,))
+    task = Task(name="mine", model=lambda: torch.nn.Linear(3, 2), x_train=x, y_train=y, x_test=x[:5], y_test=y[:5])
+    assert not task.has_validation
+    a, b = task.with_validation(), task.with_validation()
+    assert a.n_val == 10 and a.n_train == 40 and torch.equal(a.x_val, b.x_val)
+    assert sorted(torch.cat([a.x_train, a.x_val])[:, 0].tolist()) == sorted(x[:, 0].tolist())
+    with pytest.raises(ValueError, match="val_fraction"):
+        task.with_validation(1.5)
+    with pytest.raises(ValueError, match="x_val and y_val"):
+        Task(name="half", model=lambda: torch.nn.Linear(3, 2), x_train=x, y_train=y, x_test=x, y_test=y, x_val=x)
+
+
+def test_mnist1d_carries_the_papers_baselines_and_a_report_shows_them_beside_the_race(tmp_path):
+    import dataclasses
+
+    from sgdlab.lab.report import build_report, references_section, write_report
+    from sgdlab.lab.runner import run_race
+    from sgdlab.lab.specs import parse_spec
+
+    assert get_task("mnist1d", num_samples=100).references == {
+        "logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
+    task = dataclasses.replace(get_task("logistic", n=200, dim=4), references={"CNN": 0.94})
+    race = run_race(task, [parse_spec("sgd")], seeds=1, epochs=1, workers=1, progress=False, out=tmp_path)
+    caption, header, rows = references_section(build_report(race))
+    assert rows[0] == ["CNN (published)", "94%"] and rows[-1][0] == "this race, best: sgd"
+    write_report(build_report(race), tmp_path)
+    assert "## Published numbers" in (tmp_path / "report.md").read_text()

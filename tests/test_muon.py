@@ -60,7 +60,11 @@ def _close(ours, theirs):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()) or "defaults")
+def _option_id(kwargs):
+    return ",".join(f"{key}={value}" for key, value in kwargs.items()) or "defaults"
+
+
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=_option_id)
 def test_steps_like_torch_over_options_and_shapes(kwargs):
     values = [v * 0.5 for v in _params(SHAPES)]
     theirs, _ = _train(torch.optim.Muon, values, kwargs, 4)
@@ -75,7 +79,8 @@ def test_same_shapes_are_orthogonalized_together(monkeypatch):
     monkeypatch.setattr(torch_ops, "addmm", lambda c, *a: seen.append(c.dim()) or original(c, *a))
     values = _params([(256, 128)] * 3 + [(4, 4)])
     ours, _ = _train(sgdlab.Muon, values, {"ns_steps": 2}, 1)
-    # One stacked run for the three 256x128 matrices, one alone for the 4x4; 2 products per NS step, 2 steps.
+    # One stacked run for the three 256x128 matrices, one alone for the 4x4; 2 products per NS
+    # step, 2 steps.
     assert sorted(seen) == [2] * 4 + [3] * 4
     # The stack's numbers are the one-by-one numbers (each matrix in a group of its own).
     alone = [torch.nn.Parameter(v.clone()) for v in values]
@@ -97,13 +102,16 @@ def test_checkpoints_load_both_ways_and_continue_alike():
         torch.testing.assert_close(saved["state"][key]["momentum_buffer"],
                                    entry["momentum_buffer"], rtol=RTOL, atol=ATOL)
     # torch's checkpoint into sgdlab, sgdlab's into torch; both continue as the originals.
-    ours_from_torch = sgdlab.Muon([torch.nn.Parameter(p.detach().clone()) for p in theirs], **kwargs)
+    ours_from_torch = sgdlab.Muon([torch.nn.Parameter(p.detach().clone()) for p in theirs],
+                                  **kwargs)
     ours_from_torch.load_state_dict(copy.deepcopy(their_saved))
-    torch_from_ours = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours], **kwargs)
+    torch_from_ours = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours],
+                                       **kwargs)
     torch_from_ours.load_state_dict(copy.deepcopy(saved))
     continued = {}
-    for name, optimizer in (("theirs", torch_optimizer), ("ours", our_optimizer),
-                            ("ours_from_torch", ours_from_torch), ("torch_from_ours", torch_from_ours)):
+    runs = (("theirs", torch_optimizer), ("ours", our_optimizer),
+            ("ours_from_torch", ours_from_torch), ("torch_from_ours", torch_from_ours))
+    for name, optimizer in runs:
         params = optimizer.param_groups[0]["params"]
         for step in range(3, 5):
             for param, grad in zip(params, _grads(params, step)):
@@ -245,12 +253,40 @@ def test_in_backward_steps_as_step():
     handle.remove()
 
 
-def test_compact_state_is_refused_saying_why():
-    for cls in (sgdlab.Muon, MuonWithAdamW):
-        optimizer = cls([torch.nn.Parameter(torch.zeros(4, 4))])
-        for dtype in (torch.bfloat16, torch.uint8):
-            with pytest.raises(ValueError, match="Invalid state_dtype.*not elementwise"):
-                compact_state(optimizer, dtype)
+def _train_compact(cls, values, dtype, steps=12):
+    params = [torch.nn.Parameter(v.clone()) for v in values]
+    optimizer = cls(params, lr=0.02)
+    if dtype is not None:
+        compact_state(optimizer, dtype)
+    return _train(None, values, {}, steps, optimizer=optimizer)
+
+
+@pytest.mark.parametrize("cls", [sgdlab.Muon, MuonWithAdamW], ids=["Muon", "MuonWithAdamW"])
+def test_bfloat16_momentum_trains_within_its_rounding(cls):
+    values = [v * 0.1 for v in _params([(256, 128)] * 2 + [(8, 4)])]
+    if cls is MuonWithAdamW:
+        values.append(torch.randn(4096) * 0.1)  # AdamW's part: the grouped path's bfloat16
+    reference, _ = _train_compact(cls, values, None)
+    params, optimizer = _train_compact(cls, values, torch.bfloat16)
+    assert {v.dtype for s in optimizer.state.values() for v in s.values() if v.dim()} == {
+        torch.bfloat16}
+    moved = max((r - v).abs().max().item() for r, v in zip(reference, values))
+    difference = max((p - r).abs().max().item() for p, r in zip(params, reference))
+    assert 0 < difference < 0.05 * moved  # rounding noise, not a different trajectory
+    with pytest.raises(ValueError, match="Invalid state_dtype.*not elementwise"):
+        compact_state(cls([torch.nn.Parameter(torch.zeros(4, 4))]), torch.uint8)
+
+
+def test_bfloat16_checkpoints_load_into_torch_and_back():
+    values = _params([(256, 128)] * 2)
+    params, optimizer = _train_compact(sgdlab.Muon, values, torch.bfloat16, steps=2)
+    theirs = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.02)
+    theirs.load_state_dict(optimizer.state_dict())  # widened to the parameters' dtype by torch
+    ours = sgdlab.Muon([torch.nn.Parameter(p.detach().clone()) for p in params], lr=0.02)
+    compact_state(ours, torch.bfloat16)
+    ours.load_state_dict(theirs.state_dict())
+    _train(None, values, {}, 1, optimizer=ours)
+    assert {s["momentum_buffer"].dtype for s in ours.state.values()} == {torch.bfloat16}
 
 
 def test_muon_with_adamw_is_muon_for_matrices_and_adamw_for_the_rest():
@@ -281,6 +317,7 @@ def test_lab_spec_builds_the_recipe_and_checks_values():
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
     optimizer = spec.build(model.parameters())
     assert isinstance(optimizer, MuonWithAdamW)
+    assert sgdlab.MuonWithAdamW is MuonWithAdamW  # tune's "ready to paste" code says sgdlab.<Class>
     model(torch.randn(5, 4)).pow(2).sum().backward()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.step()
@@ -312,7 +349,8 @@ def test_fsdp2_sharded_matrices_are_refused_naming_the_shape(tmp_path):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))

@@ -11,6 +11,7 @@ import time
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from sgdlab.cli import main
@@ -39,12 +40,17 @@ def _load(setup):
     return optuna.load_study(study_name=setup.study_name, storage=open_storage(setup.storage, setup.out))
 
 
-def test_validation_split_holds_out_part_of_the_training_set_and_never_the_test_set(digits):
+def test_the_search_uses_the_tasks_own_validation_split(digits):
+    assert validation_task(digits) is digits and digits.has_validation
+
+
+def test_a_new_validation_fraction_resplits_training_and_validation_data_never_the_test_set(digits):
     split = validation_task(digits, 0.25, seed=0)
-    assert len(split.x_train) + len(split.x_test) == digits.n_train
-    assert len(split.x_test) == round(0.25 * digits.n_train)
-    train_rows = {tuple(r) for r in digits.x_train.tolist()}
-    assert all(tuple(r) in train_rows for r in split.x_test[:50].tolist())
+    assert len(split.x_train) + len(split.x_val) == digits.n_train + digits.n_val
+    assert len(split.x_val) == round(0.25 * (digits.n_train + digits.n_val))
+    assert torch.equal(split.x_test, digits.x_test)
+    seen = {tuple(r) for r in torch.cat([digits.x_train, digits.x_val]).tolist()}
+    assert all(tuple(r) in seen for r in split.x_val[:50].tolist())
 
 
 def test_objective_reports_every_epoch_and_scores_a_diverged_run_as_untrained(digits, tmp_path):

@@ -22,7 +22,7 @@ def _space(text, opt, task):
 def test_sgd_searches_lr_momentum_weight_decay_and_batch_size_on_log_scales(digits):
     space = _space(None, "sgd", digits)
     dims = space.dimensions
-    assert list(dims) == ["lr", "momentum", "weight_decay", "batch_size"]
+    assert list(dims) == ["lr", "schedule", "warmup", "momentum", "weight_decay", "batch_size"]
     assert (dims["lr"].low, dims["lr"].high, dims["lr"].scale) == (1e-3, 1.0, "log")
     assert dims["momentum"].scale == "log1m" and dims["momentum"].optuna_name == "1-momentum"
     assert dims["weight_decay"].scale == "log"
@@ -65,12 +65,13 @@ def test_explicit_scale_choice_of_booleans_and_default_keyword(digits):
 def test_suggestions_map_back_to_hyperparameters(digits):
     space = _space("beta2=0.99:0.9999", "adamw", digits)
     trial = optuna.trial.FixedTrial({"lr": 1e-3, "1-beta1": 0.1, "1-beta2": 0.001, "weight_decay": 0.01,
-                                     "batch_size": 64})
+                                     "batch_size": 64, "schedule": "cosine", "warmup": 0.05})
     values = space.suggest(trial)
     assert values["beta1"] == pytest.approx(0.9) and values["beta2"] == pytest.approx(0.999)
     spec, batch_size = space.configuration(values, digits)
     assert spec.hyperparameters["betas"] == pytest.approx((0.9, 0.999))
     assert spec.hyperparameters["lr"] == 1e-3 and batch_size == 64
+    assert spec.schedule(digits).name == "cosine" and spec.schedule(digits).warmup == 0.05
     spec.build([__import__("torch").zeros(2, requires_grad=True)], digits)  # a valid optimizer
 
 
@@ -95,7 +96,7 @@ def test_space_text_round_trips(digits):
         ("batch_size=0:64", "batch_size: expected integers"),
         ("batch_size=32|big", "batch_size: choices must be positive integers"),
         ("lr=-1:1:linear", "the space reaches invalid values for sgd"),
-        ("lr=0.1,momentum=0.9,weight_decay=0,batch_size=32", "nothing to search"),
+        ("lr=0.1,momentum=0.9,weight_decay=0,batch_size=32,schedule=constant,warmup=0", "nothing to search"),
     ],
 )
 def test_bad_spaces_raise_clear_errors(digits, text, message):
@@ -120,3 +121,12 @@ def test_wrappers_are_searched_like_their_base_plus_their_own_hyperparameters(di
     on_adamw = _space(None, "sam:base=adamw", digits).dimensions
     assert {"beta1", "beta2", "rho"} <= set(on_adamw) and "momentum" not in on_adamw
     assert on_adamw["weight_decay"].high >= 0.1
+
+
+def test_schedules_are_searched_except_for_schedule_free_optimizers(digits):
+    dims = _space(None, "sgd", digits).dimensions
+    assert dims["schedule"].choices == ("constant", "step", "linear", "cosine")
+    assert (dims["warmup"].low, dims["warmup"].high) == (0.0, 0.1)
+    assert "schedule" not in _space(None, "sgd:schedule=cosine", digits).dimensions  # fixed by the spec
+    free = _space(None, "schedulefree_adamw", digits).dimensions
+    assert "schedule" not in free and "warmup" not in free

@@ -13,6 +13,7 @@ from sgdlab.optim import (
     Adam,
     AdamW,
     Muon,
+    MuonWithAdamW,
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Muon",
+    "MuonWithAdamW",
     "SWATS",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",

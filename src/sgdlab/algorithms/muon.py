@@ -27,7 +27,7 @@ The step's scale s(A, B) ("adjust_lr_fn"):
 
     "original" (or None)   sqrt(max(1, A / B))       the post: RMS of the update independent of A/B
     "match_rms_adamw"      rms_rate sqrt(max(A, B))   Liu et al. 2025: the RMS of AdamW's update
-                                                      (rms_rate 0.2), so AdamW's lr and decay carry over
+                                                      (rms_rate 0.2): AdamW's lr, decay carry over
     "none"                 1
 
 Everything but NS is elementwise, and NS works on the last two axes: a stack of same-shape
@@ -194,7 +194,9 @@ MUON = Rule(
     # Newton-Schulz is a matrix operation: tensor by tensor (or stacks of same-shape matrices).
     elementwise=False,
     stacks=True,
-    compact_state=False,
+    # bfloat16 momentum, rounded stochastically by the stacked path; 8-bit codes are the grouped
+    # elementwise path's, which a matrix operation cannot take.
+    compact_state=("bfloat16",),
 )
 
 

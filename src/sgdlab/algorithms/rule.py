@@ -16,7 +16,8 @@ beside it in the same file, says everything else once:
 * its **capabilities**: ``elementwise`` (the update is a function of each element alone, so the
   grouped fast path may run it over concatenated tensors and populations may vectorize it; a
   rule that reduces over a tensor or a group is not) and ``compact_state`` (whether its state
-  may be stored in bfloat16 or 8 bits);
+  may be stored in bfloat16 or 8 bits: True for both, or a tuple naming those it takes, e.g.
+  ``("bfloat16",)``);
 * ``stacks``: whether the update takes a stack of same-shape tensors on leading axes and updates
   each as if alone (Muon's Newton-Schulz, batched matrix products): the torch face then runs a
   non-elementwise rule once per shape instead of once per tensor;
@@ -98,7 +99,7 @@ class Rule:
     #: Keyword options of ``update`` that give it a framework's formulas (torch/keras).
     conventions: Callable[[str], dict[str, Any]] = field(default=lambda convention: {})
     elementwise: bool = True
-    compact_state: bool = True
+    compact_state: bool | tuple[str, ...] = True
     stacks: bool = False
     routes: tuple[Route, ...] = ()
 

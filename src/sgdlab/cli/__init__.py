@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `sgdlab --help` lists them.
-SUBCOMMANDS = ["demo", "compare", "landscape", "tune", "bench", "doctor"]  # helpers append: "compare", "landscape", "tune", "bench"
+SUBCOMMANDS = ["demo", "compare", "landscape", "tune", "benchmark", "bench", "doctor"]  # helpers append: "compare", "landscape", "tune", "bench"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ _LAB_USAGE_ERRORS = (
     ("sgdlab.lab.tune.space", "SpaceError"),
     ("sgdlab.lab.tune.search", "StorageError"),
     ("sgdlab.lab.landscape.functions", "UnknownFunctionError"),
+    ("sgdlab.lab.benchmark", "BenchmarkError"),
 )
 
 

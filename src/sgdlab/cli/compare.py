@@ -19,6 +19,8 @@ examples:
   sgdlab compare --task modular --opt adam --opt adamw:weight_decay=1.0 --epochs 100
   sgdlab compare --opt sgd:lr=0.1 --opt momentum:lr=0.01,label=heavy-ball --opt torch.RMSprop:lr=1e-3
   sgdlab compare --opt adamw --opt adamw:state=8bit,label=adamw-8bit   compact (8-bit) optimizer state
+  sgdlab compare --opt sgd:lr=0.1,momentum=0.9,schedule=cosine,warmup=0.05   a cosine schedule with warmup
+  sgdlab compare --task digits --opt momentum --opt adamw --tune 10    equal budget: 10 tuning trials each
   sgdlab compare --list                           tasks and optimizer names
   sgdlab compare --opt sgd:lr=0.05 --opt sgd:lr=0.1 --opt sgd:lr=0.2 --seeds 1   an lr sweep, one population
 
@@ -56,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--out must be on storage every worker sees")
     parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
+    parser.add_argument("--tune", type=positive_int, default=None, metavar="N",
+                        help="equal budget: first tune every optimizer with N Optuna trials over its own search "
+                        "space (lr and schedule; momentum, betas, weight decay where it has them), judged on the "
+                        "validation split; then race each tuned beside its untuned self on fresh seeds")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="report directory (default: runs/compare-<task>-<timestamp>); reuse it to resume")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -107,7 +113,30 @@ def run(args: argparse.Namespace) -> int:
     except specs_module.SpecError as error:
         return _error(str(error))
 
+    scheduled = [spec.label for spec in chosen if not spec.schedule(task).constant]
+    if scheduled and args.time_budget is not None and args.epochs is None and args.steps is None:
+        return _error(f"{scheduled[0]} has a learning-rate schedule, which needs --epochs or --steps "
+                      "(a time budget alone does not say when a run ends)")
+    if args.tune is not None and (args.steps is not None or args.time_budget is not None):
+        return _error("--tune trains every trial for --epochs (default: the task's); drop --steps/--time-budget")
+
     workers = args.workers or default_workers()
+    tuning = None
+    if args.tune is not None:
+        from pathlib import Path
+
+        from sgdlab.lab.equal_budget import tune_each
+
+        task = task.with_validation()
+        console.print(f"[bold]sgdlab compare --tune {args.tune}[/bold]: {args.tune} trials per optimizer, "
+                      f"judged on validation {task.metric} ({task.n_val} examples)")
+        try:
+            tuning = tune_each(task, chosen, args.tune, Path(out) / "tuning", epochs=args.epochs, workers=1,
+                               progress=not args.no_progress, console=console)
+        except KeyboardInterrupt:
+            console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
+            return 130
+        chosen = chosen + [t.spec for t in tuning]
     cluster = None
     if args.cluster:
         from sgdlab.lab.cluster import connect
@@ -140,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     preload.join()
     from sgdlab.lab.report import build_report, print_report, write_report
 
-    report = build_report(result, args.target_loss)
+    report = build_report(result, args.target_loss, tuning=tuning)
     print_report(report, console)
     paths = write_report(report, out)
     console.print(f"{len(result.runs)} runs in {result.elapsed:.1f} s; report: {paths['html']} "

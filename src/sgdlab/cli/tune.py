@@ -89,8 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--study-name", default=None, help="study name (default: <task>-<opt>)")
     search.add_argument("--workers", type=int_at_least(1), default=1,
                         help="local worker processes sharing the study (default: 1)")
-    search.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of the training set held out for validation during the search (default: 0.2)")
+    search.add_argument("--val-fraction", type=float, default=None,
+                        help="share of the training data held out for validation (default: the task's own "
+                        "validation split; 0.2 for a task without one)")
     search.add_argument("--confirm-seeds", type=int_at_least(2), default=5,
                         help="seeds per configuration in the default-vs-tuned confirmation (default: 5)")
     search.add_argument("--no-population", action="store_true",
@@ -170,6 +171,8 @@ def run_lr(args: argparse.Namespace) -> int:
         task, spec, out = _task_and_spec(args, "runs/tune-lr-{task}-{opt}")
     except ValueError as error:
         return _error(str(error))
+    if not spec.schedule(task).constant:
+        return _error(f"{spec.label}: the range test sweeps the learning rate itself; drop schedule= and warmup=")
 
     import json
 
@@ -236,7 +239,7 @@ def run_lr(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    if not 0 < args.val_fraction < 1:
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         return _error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.storage and "://" not in args.storage:
         from sgdlab.cli.checks import output_file

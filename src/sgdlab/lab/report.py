@@ -28,17 +28,61 @@ class Report:
     summaries: dict[str, OptimizerSummary]
     findings: list[Finding]
     target_loss: float | None
+    tuning: list[Any] | None = None  # sgdlab.lab.equal_budget.Tuned, for compare --tune
 
     @property
     def task(self) -> Any:
         return self.result.task
 
 
-def build_report(result: Any, target_loss: float | None = None) -> Report:
+def build_report(result: Any, target_loss: float | None = None, tuning: list[Any] | None = None) -> Report:
+    """Summaries and verdict; with ``tuning`` (``compare --tune``), the verdict is asked of the
+    untuned optimizers, then of the tuned ones, with what tuning bought each."""
     target = result.task.target_loss if target_loss is None else target_loss
     summaries = summarize(result, target)
-    findings = verdict(summaries, result.task.metric, result.task.higher_is_better, target)
-    return Report(result, summaries, findings, target)
+    metric, higher = result.task.metric, result.task.higher_is_better
+    if not tuning:
+        return Report(result, summaries, verdict(summaries, metric, higher, target), target)
+    from sgdlab.lab.equal_budget import tuning_findings
+
+    tuned_labels = {t.spec.label for t in tuning}
+    untuned = {label: s for label, s in summaries.items() if label not in tuned_labels}
+    findings = verdict(untuned, metric, higher, target) + tuning_findings(summaries, tuning, metric, higher, target)
+    return Report(result, summaries, findings, target, tuning)
+
+
+def tuning_section(report: Report) -> tuple[str, list[str], list[list[str]]] | None:
+    """The equal-budget tuning table (``compare --tune``): caption, header, rows."""
+    if not report.tuning:
+        return None
+    from sgdlab.lab.equal_budget import TUNING_SEED, tuning_rows
+
+    header, rows = tuning_rows(report.tuning, _metric_is_fraction(report))
+    cost = sum(t.cpu_seconds for t in report.tuning)
+    caption = (f"Equal budget: {report.tuning[0].trials} trials per optimizer (Optuna TPE, no pruning, seed "
+               f"{TUNING_SEED}) over each optimizer's own search space (learning rate and schedule; momentum, "
+               f"betas, weight decay where it has them), judged on the validation split; the tuned "
+               f"configurations then race on the seeds above, on the test set. Tuning cost: {cost:.1f} "
+               f"CPU-seconds in all (trials run one after another in this process).")
+    return caption, header, rows
+
+
+def references_section(report: Report) -> tuple[str, list[str], list[list[str]]] | None:
+    """Published test values of the task's metric beside the best of this race (e.g. MNIST-1D)."""
+    refs = report.task.references
+    if not refs:
+        return None
+    pct = _metric_is_fraction(report)
+    show = (lambda v: f"{v * 100:.0f}%") if pct else (lambda v: f"{v:.4g}")  # noqa: E731
+    best = max((s for s in report.summaries.values() if s.final_metric.n),
+               key=lambda s: s.final_metric.mean * (1 if report.task.higher_is_better else -1), default=None)
+    rows = [[f"{name} (published)", show(value)] for name, value in refs.items()]
+    if best is not None:
+        rows.append([f"this race, best: {best.label}", best.final_metric.format(3, pct)])
+    caption = ("Published test values for comparable models, beside this race's best. For MNIST-1D: Greydanus "
+               "(2020), Table 1, 4000 training examples; the lab trains its 1-D CNN on 80% of them (the rest is "
+               "the validation split), so its row compares with the CNN's.")
+    return caption, ["model", f"test {report.task.metric}"], rows
 
 
 # --- tables (shared by terminal, Markdown and HTML) -------------------------------------------------
@@ -135,6 +179,16 @@ def print_report(report: Report, console: Any = None) -> None:
         for f in report.findings:
             findings.add_row(f.question, f.evidence, f.answer)
         console.print(findings)
+    for section, title in ((tuning_section(report), "Tuning (equal budget)"),
+                           (references_section(report), "Published numbers")):
+        if section is not None:
+            caption, head, body = section
+            extra = Table(title=title, caption=caption, caption_justify="left")
+            for i, name in enumerate(head):
+                extra.add_column(name, justify="left" if i in (0, len(head) - 1) else "right")
+            for row in body:
+                extra.add_row(*row)
+            console.print(extra)
     failed = [run for run in report.result.runs if run.status == "failed"]
     for run in failed:
         console.print(f"[red]run {run.optimizer} seed {run.seed} failed: {run.error}")
@@ -159,6 +213,8 @@ def summary_dict(report: Report) -> dict[str, Any]:
         "optimizers": {label: s.to_dict() | {"spec": spec.to_dict(), "resolved": _jsonable(spec.resolved(r.task))}
                        for (label, s), spec in zip(report.summaries.items(), r.specs)},
         "verdict": [f.to_dict() for f in report.findings],
+        "tuning": [t.to_dict() for t in report.tuning] if report.tuning else None,
+        "references": r.task.references or None,
         "runs": [{"run": run.run_id, "optimizer": run.optimizer, "seed": run.seed, "status": run.status,
                   "error": run.error, "final": run.final} for run in r.runs],
     }
@@ -216,10 +272,20 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
               "yes" if s.full_batch else "no"] for s in r.specs]
     spec_header = ["optimizer", "spec", "hyperparameters used", "full batch"]
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    extra_md: list[str] = []
+    extra_html = ""
+    for section, title in ((tuning_section(report), "Tuning (equal budget)"),
+                           (references_section(report), "Published numbers")):
+        if section is not None:
+            caption, head, body = section
+            extra_md += [f"## {title}", "", caption, "", _md_table(head, body), ""]
+            extra_html += (f"<h2>{html.escape(title)}</h2><p class=\"caption\">{html.escape(caption)}</p>"
+                           f"{_html_table(head, body)}\n")
 
     md = [f"# sgdlab compare: {r.task.name}", "", f"_{stamp}_", "", _caption(report), "",
           "## Results", "", _md_table(header, rows), "",
           "## Verdict", "", _md_table(["question", "evidence", "answer"], verdict_rows) if verdict_rows else "-", "",
+          *extra_md,
           "## Learning curves", "", "![learning curves](plots/learning_curves.png)", "",
           "## Final metrics", "", "![final metrics](plots/final_metrics.png)", "",
           "## Optimizers", "", _md_table(spec_header, specs), "",
@@ -237,7 +303,7 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
 <p class="caption">{html.escape(stamp)} · {html.escape(_caption(report))}</p>
 <h2>Results</h2>{_html_table(header, rows)}
 <h2>Verdict</h2>{_html_table(["question", "evidence", "answer"], verdict_rows).replace("<table>", '<table class="verdict">')}
-<h2>Learning curves</h2>{img("learning_curves.png", "learning curves")}
+{extra_html}<h2>Learning curves</h2>{img("learning_curves.png", "learning curves")}
 <h2>Final metrics</h2>{img("final_metrics.png", "final metrics")}
 <h2>Optimizers</h2>{_html_table(spec_header, specs)}
 <h2>Runs</h2>{_html_table(run_header, run_rows)}

@@ -8,8 +8,10 @@ One evaluation is a *record*, a flat dict::
 
     {"run": "sgd-seed0-1a2b3c4d", "task": "digits", "optimizer": "sgd", "spec": "sgd", "seed": 0,
      "epoch": 3, "step": 135, "examples": 4314, "time": 0.41,          # training seconds so far
-     "train_loss": 0.21, "test_loss": 0.25, "train_accuracy": 0.95, "test_accuracy": 0.93,
-     "diverged": false}
+     "train_loss": 0.21, "val_loss": 0.24, "test_loss": 0.25, "train_accuracy": 0.95,
+     "val_accuracy": 0.93, "test_accuracy": 0.93, "diverged": false}
+
+(``val_*`` only for tasks with a validation split; every built-in task has one.)
 
 Epoch 0 is the untrained model. Reusing it from Python, e.g. for a tuner that prunes::
 
@@ -51,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from sgdlab.lab.schedules import run_steps
 from sgdlab.lab.specs import OptimizerSpec
 from sgdlab.lab.tasks import Task
 
@@ -90,11 +93,13 @@ def lab_warning_prefix() -> str:
 class Budget:
     """When a run stops: after ``epochs`` epochs, ``steps`` optimizer steps or ``time_budget``
     seconds of training, whichever comes first (unset limits do not apply; all unset means the
-    task's default epochs)."""
+    task's default epochs). ``stop_at = (key, value, higher_is_better)`` also ends a run at the
+    first evaluation whose ``record[key]`` reaches ``value`` (a benchmark's validation target)."""
 
     epochs: int | None = None
     steps: int | None = None
     time_budget: float | None = None
+    stop_at: tuple[str, float, bool] | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "steps", "time_budget"):
@@ -104,8 +109,21 @@ class Budget:
 
     def resolve(self, task: Task) -> "Budget":
         if self.epochs is None and self.steps is None and self.time_budget is None:
-            return Budget(epochs=task.epochs)
+            return Budget(epochs=task.epochs, stop_at=self.stop_at)
         return self
+
+    def reached(self, record: dict[str, Any]) -> bool:
+        if self.stop_at is None:
+            return False
+        key, target, higher = self.stop_at
+        value = record.get(key)
+        return value is not None and (value >= target if higher else value <= target)
+
+    def key(self) -> tuple[Any, ...]:
+        """What identifies the budget in a run's id (``stop_at`` only when set, so ids without it
+        stay what they were)."""
+        limits = (self.epochs, self.steps, self.time_budget)
+        return limits if self.stop_at is None else (*limits, *self.stop_at)
 
     def fraction(self, epoch: int, step: int, seconds: float) -> float:
         """How much of the budget has been used, in [0, 1]."""
@@ -159,7 +177,7 @@ def run_id(task: Task, spec: OptimizerSpec, seed: int, budget: Budget, batch_siz
     """A stable name for a run: what it trains decides it, so a rerun finds its checkpoint."""
     key = json.dumps(
         [task.name, task.fingerprint(), spec.name, sorted((k, repr(v)) for k, v in spec.resolved(task).items()),
-         spec.full_batch, seed, dataclasses.astuple(budget), batch_size],
+         spec.full_batch, seed, budget.key(), batch_size],
     )
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec.label).strip("_")[:40] or "opt"
     return f"{slug}-seed{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
@@ -200,6 +218,7 @@ def train_run(
     checkpoint: str | os.PathLike | None = None,
     on_eval: Callable[[dict[str, Any]], Any] | None = None,
     on_progress: Callable[[float], Any] | None = None,
+    stop_at: tuple[str, float, bool] | None = None,
 ) -> RunResult:
     """Train ``spec`` on ``task`` from ``seed``; evaluate (train and test loss and metrics) at the
     start and after every epoch, calling ``on_eval(record)`` each time.
@@ -210,12 +229,18 @@ def train_run(
     from it (a finished run returns at once with its records); killing the process loses at most
     the epoch in progress. Exceptions raised by ``on_eval`` (e.g. a tuner's prune signal) propagate.
     """
-    budget = Budget(epochs, steps, time_budget).resolve(task)
+    budget = Budget(epochs, steps, time_budget, stop_at).resolve(task)
     batch = task.n_train if spec.full_batch else int(batch_size or task.batch_size)
     if batch < 1:
         raise ValueError(f"batch_size={batch} (expected >= 1)")
     rid = run_id(task, spec, seed, budget, batch)
     path = Path(checkpoint) if checkpoint is not None else None
+
+    schedule = spec.schedule(task)
+    total_steps = run_steps(task.n_train, batch, budget.epochs, budget.steps)
+    if not schedule.constant and total_steps is None:
+        raise ValueError(f"{spec.label!r}: a learning-rate schedule needs an epoch or step budget "
+                         "(a time budget alone does not say when the run ends)")
 
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Generator]:
         torch.manual_seed(seed)
@@ -223,6 +248,7 @@ def train_run(
         return model, spec.build(model.parameters(), task), torch.Generator().manual_seed(seed)
 
     model, optimizer, shuffle = fresh()
+    scheduler = schedule.build(optimizer, total_steps) if total_steps is not None else None
     epoch, step, examples, seconds = 0, 0, 0, 0.0
     records: list[dict[str, Any]] = []
     status = None
@@ -236,6 +262,8 @@ def train_run(
                 return RunResult(rid, spec.label, seed, status, records, saved.get("error"))
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
             shuffle.set_state(saved["shuffle"])
             epoch, step, examples, seconds = saved["epoch"], saved["step"], saved["examples"], saved["seconds"]
         except Exception as error:  # cut short (power cut, full disk), or not this run's state
@@ -243,6 +271,7 @@ def train_run(
             _warn(f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); moved to {aside.name}, "
                   "the run starts over")
             model, optimizer, shuffle = fresh()  # a failed load may have changed them halfway
+            scheduler = schedule.build(optimizer, total_steps) if total_steps is not None else None
             epoch, step, examples, seconds = 0, 0, 0, 0.0
             records, status = [], None
 
@@ -253,6 +282,7 @@ def train_run(
         state = {
             "records": records, "status": status, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "shuffle": shuffle.get_state(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch": epoch, "step": step, "examples": examples, "seconds": seconds,
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -266,6 +296,7 @@ def train_run(
         _switch(optimizer, "eval")
         train_loss, train_metrics = evaluate(task, model, task.x_train, task.y_train)
         test_loss, test_metrics = evaluate(task, model, task.x_test, task.y_test)
+        val = evaluate(task, model, task.x_val, task.y_val) if task.has_validation else None
         _switch(optimizer, "train")
         diverged = diverged or not (math.isfinite(train_loss) and math.isfinite(test_loss))
         entry: dict[str, Any] = {
@@ -274,6 +305,9 @@ def train_run(
             "examples": examples, "time": round(seconds, 6),
             "train_loss": _finite_or_none(train_loss), "test_loss": _finite_or_none(test_loss),
         }
+        if val is not None:
+            entry["val_loss"] = _finite_or_none(val[0])
+            entry.update({f"val_{k}": v for k, v in val[1].items()})
         entry.update({f"train_{k}": v for k, v in train_metrics.items()})
         entry.update({f"test_{k}": v for k, v in test_metrics.items()})
         entry["diverged"] = diverged
@@ -293,6 +327,8 @@ def train_run(
         entry = record(False)
         if entry["diverged"]:
             status = DIVERGED
+        elif budget.reached(entry):
+            status = FINISHED
         publish(entry)
 
     x, y = task.x_train, task.y_train
@@ -311,6 +347,8 @@ def train_run(
                 return loss
 
             loss = optimizer.step(closure)
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             examples += len(yb)
             if loss is not None and not math.isfinite(float(loss.detach() if torch.is_tensor(loss) else loss)):
@@ -328,7 +366,7 @@ def train_run(
         entry = record(diverged, partial)
         if entry["diverged"]:
             status = DIVERGED
-        elif partial is not None or budget.exhausted(epoch, step, seconds):
+        elif partial is not None or budget.exhausted(epoch, step, seconds) or budget.reached(entry):
             status = FINISHED
         publish(entry)
     return RunResult(rid, spec.label, seed, status, records)
@@ -407,6 +445,7 @@ def _guarded_run(task, spec, seed, budget, batch_size, checkpoint, on_eval, on_p
         return train_run(
             task, spec, seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
             batch_size=batch_size, checkpoint=checkpoint, on_eval=on_eval, on_progress=on_progress,
+            stop_at=budget.stop_at,
         )
     except Exception as error:  # a bug in one optimizer must not take the race down
         return RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
@@ -478,6 +517,7 @@ def run_race(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     console: Any = None,
+    stop_at: tuple[str, float, bool] | None = None,
     population: bool = True,
     cluster: Any = None,
 ) -> RaceResult:
@@ -501,7 +541,7 @@ def run_race(
     specs = list(specs)
     if not specs:
         raise ValueError("specs: expected at least one optimizer")
-    budget = Budget(epochs, steps, time_budget).resolve(task)
+    budget = Budget(epochs, steps, time_budget, stop_at).resolve(task)
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers={workers} (expected >= 1)")

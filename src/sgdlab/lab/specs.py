@@ -11,6 +11,9 @@ A spec is ``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE,...``::
     sgd:lr=0.3,label=sgd-fast          ``label`` names the optimizer in tables and plots
     adamw:state=8bit,label=adamw-8bit  compact optimizer state (sgdlab optimizers): state=bf16 or
                                        8bit (min_8bit_size=N: 8-bit only for tensors of >= N)
+    sgd:lr=0.1,momentum=0.9,schedule=cosine,warmup=0.05
+                                       a learning-rate schedule (constant, step, linear, cosine)
+                                       with linear warmup: see :mod:`sgdlab.lab.schedules`
 
 ``NAME`` is a registered optimizer (``optimizer_names()``) or ``torch.<Class>``. Parsing checks the
 name and the hyperparameter names against the optimizer's signature; :func:`parse_spec` with
@@ -43,6 +46,8 @@ import math
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+
+from sgdlab.lab.schedules import SCHEDULE_KEYS, Schedule, check_schedule, schedule_of
 
 Factory = Callable[..., torch.optim.Optimizer]
 
@@ -211,8 +216,15 @@ class OptimizerSpec:
         values.update(self.hyperparameters)
         return values
 
+    def schedule(self, task: Any = None) -> Schedule:
+        """The learning-rate schedule the runner attaches (constant unless the spec names one)."""
+        return schedule_of(self.resolved(task))
+
     def build(self, params: Any, task: Any = None) -> torch.optim.Optimizer:
+        """The optimizer (without its schedule, which needs the run's length: see the runner)."""
         values = self.resolved(task)
+        for key in SCHEDULE_KEYS:
+            values.pop(key, None)
         storage = {key: values.pop(key) for key in STATE_KEYS if key in values}
         optimizer = self.entry.resolve()(params, **values)
         if storage:
@@ -228,12 +240,16 @@ class OptimizerSpec:
             raise SpecError(f"optimizer {self.name!r} cannot be loaded from {entry.factory!r}: {error}") from None
         accepted = _hyperparameter_names(factory)
         if accepted is not None:
-            unknown = sorted(set(self.hyperparameters) - set(accepted) - set(STATE_KEYS))
+            unknown = sorted(set(self.hyperparameters) - set(accepted) - set(STATE_KEYS) - set(SCHEDULE_KEYS))
             if unknown:
                 raise SpecError(
                     f"unknown hyperparameter {unknown[0]!r} for {self.name}"
                     f"{_did_you_mean(unknown[0], accepted)}; valid: {', '.join(accepted)}"
                 )
+        try:
+            check_schedule(self.resolved(task), _innermost_factory(entry, self.resolved(task)))
+        except ValueError as error:
+            raise SpecError(f"invalid schedule in {self.label!r}: {error}") from None
         dummy = torch.zeros(2, requires_grad=True)
         try:
             self.build([dummy], task)
@@ -248,6 +264,18 @@ class OptimizerSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "hyperparameters": {k: _jsonable(v) for k, v in self.hyperparameters.items()},
                 "label": self.label, "text": self.text}
+
+
+def _innermost_factory(entry: OptimizerEntry, values: Mapping[str, Any]) -> Any:
+    """The optimizer class a spec trains with: a wrapper's (SAM's) base, else the entry's own."""
+    factory = entry.resolve()
+    base = values.get("base")
+    if isinstance(base, str) and base:
+        try:
+            return lookup(base).resolve()
+        except (SpecError, ImportError, AttributeError):
+            return factory
+    return factory
 
 
 def _apply_state_format(optimizer: torch.optim.Optimizer, label: str, state: Any = "float32",

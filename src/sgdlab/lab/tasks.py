@@ -1,4 +1,4 @@
-"""Tasks the lab trains on: a model factory, train/test tensors, a loss, metrics and a default budget.
+"""Tasks the lab trains on: a model factory, train/validation/test tensors, a loss, metrics and a default budget.
 
 A :class:`Task` is plain data, so adding your own is one constructor call::
 
@@ -12,7 +12,14 @@ A :class:`Task` is plain data, so adding your own is one constructor call::
     register_task("my-task", lambda: task)   # now `get_task("my-task")` (and the CLI) know it
 
 The model factory is called after the run's seed is set, so the initial weights depend on the seed
-only. Built-in tasks (all offline; nothing is ever downloaded):
+only.
+
+**Three splits.** Training data trains; *validation* data judges (tuning, reaching a target,
+picking the best configuration); *test* data is only reported. Every built-in task holds out 20% of
+its training data as validation data (``x_val``, ``y_val``); a task of your own without them gets
+the same split from :meth:`Task.with_validation`, which every lab command that judges (``tune``,
+``compare --tune``, ``benchmark``) calls. The runner's records then carry ``val_loss`` and
+``val_<metric>`` beside ``train_*`` and ``test_*``. Built-in tasks (all offline; nothing is ever downloaded):
 
 ``digits``   scikit-learn's bundled 8x8 handwritten digits (1797 images), an MLP.
 ``mnist1d``  MNIST-1D (Greydanus 2020) generated procedurally by the ``mnist1d`` package, a 1-D CNN.
@@ -71,7 +78,10 @@ class Task:
     budget; ``lr`` maps an optimizer name or family (``"gd"``, ``"sgd"``, ``"momentum"``, ``"adam"``,
     ...) to the learning rate used when a spec gives none; ``target_loss`` is the train loss whose
     "steps / time to reach" the summary reports; ``optimum_loss`` is the minimal train loss when
-    known (convex tasks).
+    known (convex tasks). ``x_val``/``y_val`` are the validation split (see the module docstring);
+    ``val_target`` is the validation value of ``metric`` that ``sgdlab benchmark`` times optimizers
+    to; ``references`` are published test values of ``metric`` for comparable models (shown beside
+    the lab's own in reports).
     """
 
     name: str
@@ -90,6 +100,10 @@ class Task:
     target_loss: float | None = None
     optimum_loss: float | None = None
     description: str = ""
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
+    val_target: float | None = None
+    references: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train):
@@ -99,6 +113,12 @@ class Task:
         if len(self.x_test) != len(self.y_test):
             raise ValueError(
                 f"Task {self.name!r}: x_test has {len(self.x_test)} rows but y_test has {len(self.y_test)}"
+            )
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError(f"Task {self.name!r}: give both x_val and y_val, or neither")
+        if self.x_val is not None and len(self.x_val) != len(self.y_val):
+            raise ValueError(
+                f"Task {self.name!r}: x_val has {len(self.x_val)} rows but y_val has {len(self.y_val)}"
             )
         if len(self.x_train) == 0:
             raise ValueError(f"Task {self.name!r}: the training set is empty")
@@ -119,6 +139,36 @@ class Task:
     def n_test(self) -> int:
         return len(self.x_test)
 
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None and len(self.x_val) > 0
+
+    @property
+    def n_val(self) -> int:
+        return len(self.x_val) if self.x_val is not None else 0
+
+    def with_validation(self, fraction: float | None = None, seed: int = _DATA_SEED) -> "Task":
+        """This task with a validation split: its own when it has one and ``fraction`` is None,
+        else a random ``fraction`` (default 0.2) of its training data (and validation data, when it
+        has some) held out. The split depends on ``seed`` only, never on a run's seed."""
+        if fraction is None and self.has_validation:
+            return self
+        fraction = 0.2 if fraction is None else fraction
+        if not 0 < fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+        x, y = self.x_train, self.y_train
+        if self.has_validation:
+            x, y = torch.cat([x, self.x_val]), torch.cat([y, self.y_val])
+        n_val = int(round(len(y) * fraction))
+        if n_val < 1 or n_val >= len(y):
+            raise ValueError(f"val_fraction={fraction} leaves no training or no validation data ({len(y)} examples)")
+        train, val = _hold_out(len(y), n_val, seed)
+        return dataclasses.replace(
+            self, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],
+            batch_size=min(self.batch_size, len(train)),
+            description=f"{self.description} -- {len(train)} train / {n_val} validation",
+        )
+
     def lr_hint(self, *keys: str | None) -> float | None:
         """The task's default learning rate for the first of ``keys`` it knows, else None."""
         for key in keys:
@@ -129,7 +179,10 @@ class Task:
     def fingerprint(self) -> str:
         """A short hash of the data and budget, so a resumed race can tell it is the same task."""
         digest = hashlib.sha256(self.name.encode())
-        for tensor in (self.x_train, self.y_train, self.x_test, self.y_test):
+        tensors = [self.x_train, self.y_train, self.x_test, self.y_test]
+        if self.has_validation:  # without one, the hash stays what it was before validation splits
+            tensors += [self.x_val, self.y_val]
+        for tensor in tensors:
             digest.update(str(tuple(tensor.shape)).encode())
             digest.update(tensor.detach().contiguous().cpu().reshape(-1)[:4096].numpy().tobytes())
         return digest.hexdigest()[:12]
@@ -152,6 +205,21 @@ def _stack(dataset: Any) -> tuple[Tensor, Tensor]:
     return torch.stack([torch.as_tensor(x) for x in inputs]), torch.as_tensor(
         [t.item() if torch.is_tensor(t) else t for t in targets]
     )
+
+
+def _hold_out(n: int, n_val: int, seed: int = _DATA_SEED) -> tuple[Tensor, Tensor]:
+    """Indices (train, validation) of a random split of ``n`` rows into ``n - n_val`` and ``n_val``."""
+    # seed + 1: not the permutation that split train from test, so validation is a fresh sample.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    return order[n_val:], order[:n_val]
+
+
+VAL_FRACTION = 0.2  # of the training data, held out as validation data by every built-in task
+
+
+def _with_val(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    train, val = _hold_out(len(y), int(round(len(y) * VAL_FRACTION)))
+    return x[train], y[train], x[val], y[val]
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -245,6 +313,22 @@ class Logistic(nn.Linear):
 # --- built-in tasks -------------------------------------------------------------------------------
 
 
+def _sizes(y_train: Tensor, y_val: Tensor, y_test: Tensor) -> str:
+    return f"{len(y_train)} train / {len(y_val)} validation / {len(y_test)} test"
+
+
+# Validation targets for `sgdlab benchmark` (validation accuracy within the task's default epochs):
+# a little below the best that tuned optimizers reached in the equal-budget races of
+# docs/lab/benchmark.md (digits 0.98, logistic 0.82, mnist1d 0.85 in 10 epochs, modular 0.43).
+DIGITS_TARGET = 0.95
+MNIST1D_TARGET = 0.85
+MODULAR_TARGET = 0.35
+LOGISTIC_TARGET = 0.815
+# Greydanus (2020), "Scaling down deep learning", Table 1: test accuracy of the baselines on MNIST-1D
+# (4000 train / 1000 test). The lab's 1-D CNN is the comparable model; the others are for context.
+MNIST1D_PAPER = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91}
+
+
 def _split(n: int, test_fraction: float) -> tuple[Tensor, Tensor]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(_DATA_SEED))
     n_test = int(round(n * test_fraction))
@@ -266,6 +350,7 @@ def _digits_data() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def digits(hidden: int = 64) -> Task:
     x_train, y_train, x_test, y_test = _digits_data()
+    x_train, y_train, x_val, y_val = _with_val(x_train, y_train)
     return Task(
         name="digits",
         model=functools.partial(MLP, (64, hidden, 10)),
@@ -273,11 +358,14 @@ def digits(hidden: int = 64) -> Task:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        x_val=x_val,
+        y_val=y_val,
+        val_target=DIGITS_TARGET,
         epochs=12,
         batch_size=32,
         lr={"gd": 0.5, "sgd": 0.05, "momentum": 0.01, "nesterov": 0.01, "adam": 1e-3},
         target_loss=0.1,
-        description=f"scikit-learn 8x8 digits ({len(y_train)} train / {len(y_test)} test), MLP 64-{hidden}-10",
+        description=f"scikit-learn 8x8 digits ({_sizes(y_train, y_val, y_test)}), MLP 64-{hidden}-10",
     )
 
 
@@ -338,6 +426,7 @@ def _generate_mnist1d(num_samples: int) -> dict[str, Any]:
 
 def mnist1d(num_samples: int = 5000, channels: int = 32) -> Task:
     x_train, y_train, x_test, y_test = _mnist1d_data(num_samples)
+    x_train, y_train, x_val, y_val = _with_val(x_train, y_train)
     return Task(
         name="mnist1d",
         model=functools.partial(CNN1d, x_train.shape[1], channels, 10),
@@ -345,6 +434,10 @@ def mnist1d(num_samples: int = 5000, channels: int = 32) -> Task:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        x_val=x_val,
+        y_val=y_val,
+        val_target=MNIST1D_TARGET,
+        references=dict(MNIST1D_PAPER),
         epochs=25,
         batch_size=64,
         # From a one-seed sweep at 20 epochs (gd 0.25-2, sgd 0.05-0.5, momentum 0.01-0.1, adam
@@ -352,7 +445,7 @@ def mnist1d(num_samples: int = 5000, channels: int = 32) -> Task:
         # (sgd 0.3 and momentum 0.05 did on some seeds), so the default race compares tuned optimizers.
         lr={"gd": 0.5, "sgd": 0.15, "momentum": 0.03, "nesterov": 0.03, "adam": 1e-2},
         target_loss=0.3,
-        description=f"MNIST-1D ({len(y_train)} train / {len(y_test)} test, generated), 1-D CNN",
+        description=f"MNIST-1D ({_sizes(y_train, y_val, y_test)}, generated), 1-D CNN",
     )
 
 
@@ -368,6 +461,7 @@ def _modular_data(p: int, train_fraction: float) -> tuple[Tensor, Tensor, Tensor
 
 def modular(p: int = 31, train_fraction: float = 0.5, width: int = 64) -> Task:
     x_train, y_train, x_test, y_test = _modular_data(p, train_fraction)
+    x_train, y_train, x_val, y_val = _with_val(x_train, y_train)
     return Task(
         name="modular",
         model=functools.partial(TinyTransformer, p + 1, p, width),
@@ -375,19 +469,22 @@ def modular(p: int = 31, train_fraction: float = 0.5, width: int = 64) -> Task:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        x_val=x_val,
+        y_val=y_val,
+        val_target=MODULAR_TARGET,
         epochs=40,
         batch_size=64,
         lr={"gd": 0.5, "sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "adam": 3e-3},
         target_loss=0.1,
         description=(
-            f"(a + b) mod {p} on {len(y_train)} of {p * p} pairs (the rest is the test set), "
+            f"(a + b) mod {p}: {_sizes(y_train, y_val, y_test)} of the {p * p} pairs, "
             f"1-layer transformer, width {width}"
         ),
     )
 
 
 @functools.lru_cache(maxsize=None)
-def _logistic_data(n: int, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+def _logistic_data(n: int, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float]:
     generator = torch.Generator().manual_seed(_DATA_SEED)
     n_total = n + n // 4
     x = torch.randn(n_total, dim, generator=generator, dtype=torch.float64)
@@ -395,9 +492,12 @@ def _logistic_data(n: int, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor, fl
     # Labels drawn from the model itself: noisy, hence not linearly separable, hence a finite,
     # unique optimum (the loss is strictly convex when x has full column rank).
     y = torch.bernoulli(torch.sigmoid(x @ w + 0.5), generator=generator)
-    x_train, y_train, x_test, y_test = x[:n], y[:n], x[n:], y[n:]
+    n_val = int(round(n * VAL_FRACTION))  # the last rows of the n training points: validation
+    x_train, y_train, x_val, y_val = x[: n - n_val], y[: n - n_val], x[n - n_val : n], y[n - n_val : n]
+    x_test, y_test = x[n:], y[n:]
     optimum = _logistic_optimum(x_train, y_train)
-    return x_train.float(), y_train.float(), x_test.float(), y_test.float(), optimum
+    return (x_train.float(), y_train.float(), x_val.float(), y_val.float(), x_test.float(), y_test.float(),
+            optimum)
 
 
 def _logistic_optimum(x: Tensor, y: Tensor) -> float:
@@ -416,7 +516,7 @@ def _logistic_optimum(x: Tensor, y: Tensor) -> float:
 
 
 def logistic(n: int = 2000, dim: int = 20) -> Task:
-    x_train, y_train, x_test, y_test, optimum = _logistic_data(n, dim)
+    x_train, y_train, x_val, y_val, x_test, y_test, optimum = _logistic_data(n, dim)
     return Task(
         name="logistic",
         model=functools.partial(Logistic, dim),
@@ -424,6 +524,9 @@ def logistic(n: int = 2000, dim: int = 20) -> Task:
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        x_val=x_val,
+        y_val=y_val,
+        val_target=LOGISTIC_TARGET,
         loss=binary_cross_entropy,
         epochs=15,
         batch_size=32,
@@ -431,7 +534,7 @@ def logistic(n: int = 2000, dim: int = 20) -> Task:
         target_loss=optimum + 0.01,
         optimum_loss=optimum,
         description=(
-            f"logistic regression, {n} train / {n // 4} test synthetic points in {dim} dimensions; "
+            f"logistic regression, {_sizes(y_train, y_val, y_test)} synthetic points in {dim} dimensions; "
             f"optimal train loss {optimum:.4f} (Newton's method)"
         ),
     )

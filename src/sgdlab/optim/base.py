@@ -11,6 +11,7 @@ only its signature and, if the algorithm has any, its group-level steps (hooks b
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.algorithms.rule import Rule
-from sgdlab.optim import execution, quantized, stacked
+from sgdlab.optim import execution, quantized, sharded, stacked
 
 # The param-group key counting a group's steps with compact (stochastically rounded) state.
 ROUNDING_STEP = "compact_state_step"
@@ -114,6 +115,16 @@ class RuleOptimizer(Optimizer):
         check_min_8bit_size(group.get("min_8bit_size", MIN_8BIT_SIZE))
 
     def check_state_dtype(self, state_dtype: Any) -> None:
+        declaration = type(self).declaration
+        rules = [] if declaration is None else [declaration, *(r.rule for r in declaration.routes)]
+        named = [rule.compact_state for rule in rules if isinstance(rule.compact_state, tuple)]
+        if state_dtype is not None and named and any(
+                str(state_dtype).removeprefix("torch.") not in dtypes for dtypes in named):
+            raise ValueError(
+                f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} stores its state in "
+                f"{' or '.join(sorted(set(named[0])))} at most: 8-bit codes are encoded by the "
+                "grouped elementwise execution path only, and its update is not elementwise)"
+            )
         if state_dtype is not None and not type(self).compact_state_supported:
             why = ""
             if not type(self).grouped_execution_supported:
@@ -353,6 +364,12 @@ class RuleOptimizer(Optimizer):
     def _execute(self, index: Any, group: dict[str, Any], params: list[Tensor],
                  grads: list[Tensor], states: list[dict[str, Any]],
                  state_dtype: torch.dtype | None, rule: Rule | None = None) -> None:
+        if sharded.is_dtensor(params[0]) and not group.get("differentiable") and (
+                type(self).grouped_execution_supported if rule is None else rule.elementwise):
+            # FSDP2 shards of an elementwise rule: it runs on each rank's local tensors
+            sharded.execute(functools.partial(self._execute, rule=rule), index, group, params,
+                            grads, states, state_dtype, self.__dict__.setdefault("_shards", {}))
+            return
         arguments = (self.rule_hyperparameters(group) if rule is None
                      else self.rule_hyperparameters(group, rule))
         hyperparameters = {
@@ -378,15 +395,24 @@ class RuleOptimizer(Optimizer):
                 if compact:
                     group[ROUNDING_STEP] = rounding_step
                 return
+        declared = type(self).declaration if rule is None else rule
+        if (compact and declared is not None and declared.stacks
+                and state_dtype == torch.bfloat16 and not group.get("differentiable")):
+            # bfloat16 state of a rule that takes stacks (Muon): widened, stepped, rounded back
+            # stochastically, stack by stack.
+            _check_state_shapes(group, params, states)
+            stacked.stacked(update, params, grads, states, hyperparameters,
+                            rounding_step=rounding_step)
+            group[ROUNDING_STEP] = rounding_step
+            return
         if compact:
             _check_state_shapes(group, params, states)  # a checkpoint that does not fit: say so
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype} needs the grouped execution path: plain, "
-                "dense, contiguous tensors of one device and dtype (not DTensor / FSDP2 shards), "
+                "dense, contiguous tensors (or FSDP2 shards) of one device and dtype, "
                 "in a group that is not differentiable, capturable or foreach=False"
             )
         quantized.widen_in_place(states)  # 8-bit state, now stepped as float32
-        declared = type(self).declaration if rule is None else rule
         if (declared is not None and declared.stacks and len(params) > 1
                 and not group.get("differentiable") and not group.get("capturable")):
             # Same-shape tensors in one call of the rule (Muon: batched Newton-Schulz).

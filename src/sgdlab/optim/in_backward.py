@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Variable
 
+from sgdlab.optim import sharded
 from sgdlab.optim.base import RuleOptimizer
 from sgdlab.optim.sam import SAM
 
@@ -62,6 +63,8 @@ def optimizer_in_backward(optimizer: RuleOptimizer) -> InBackwardHandle:
         raise TypeError(
             f"optimizer_in_backward needs an sgdlab optimizer, got {type(optimizer).__name__}"
         )
+    sharded.check_in_backward(
+        [param for group in optimizer.param_groups for param in group["params"]])
     # The graph task (backward pass) whose end is already scheduled to end the optimizer's step.
     scheduled: list[int | None] = [None]
 

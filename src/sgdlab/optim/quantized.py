@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from sgdlab.optim import sharded
 from sgdlab.optim.bfloat16 import HASH
 
 BLOCK = 256
@@ -372,6 +373,8 @@ def pack(state: dict) -> dict:
         if isinstance(key, str) and key.endswith(SUFFIX) and key[:-len(SUFFIX)] in state:
             continue
         scales = state.get(key + SUFFIX) if isinstance(key, str) else None
+        if scales is not None and sharded.is_dtensor(value):  # an FSDP2 shard's codes
+            scales = sharded.global_scales(value, scales, BLOCK)
         packed[key] = value if scales is None else {CODES: value, SCALES: scales,
                                                     BLOCK_KEY: BLOCK}
     return packed
@@ -383,7 +386,10 @@ def unpack(state: dict) -> None:
     for key, value in list(state.items()):
         if is_packed(value):
             state[key] = value[CODES].to(torch.uint8)
-            state[key + SUFFIX] = value[SCALES]
+            scales = value[SCALES]
+            if sharded.is_dtensor(scales):
+                scales = sharded.local_scales(value[CODES], scales, BLOCK)
+            state[key + SUFFIX] = scales
 
 
 def widened(state: dict) -> dict:
@@ -397,7 +403,15 @@ def widened(state: dict) -> dict:
         scales = state.get(key + SUFFIX) if isinstance(key, str) else None
         if is_packed(value):
             value, scales = value[CODES], value[SCALES]
-        if scales is not None:
+        if scales is not None and sharded.is_dtensor(value):  # an FSDP2 shard's codes
+            if sharded.is_dtensor(scales):
+                scales = sharded.local_scales(value, scales, BLOCK)
+            shard = value.to_local()
+            wide = decode(shard.reshape(-1).to(torch.uint8), scales.to(torch.float32))
+            value = sharded.DTensor.from_local(
+                wide.view(shard.shape), value.device_mesh, value.placements, run_check=False,
+                shape=value.shape, stride=value.stride())
+        elif scales is not None:
             codes = value.reshape(-1).to(torch.uint8)
             value = decode(codes, scales.to(torch.float32)).view(value.shape)
         elif isinstance(value, Tensor) and value.dtype == torch.bfloat16:
@@ -441,6 +455,8 @@ def mismatch(param: Tensor, state: dict) -> str | None:
             return (f"{entry} has codes of shape {list(codes.shape)}, expected the parameter's "
                     f"{list(param.shape)}")
         blocks = -(-param.numel() // BLOCK)
+        if sharded.is_dtensor(scales) and sharded.is_dtensor(param):
+            blocks = sharded.expected_scales(param, BLOCK)
         if scales.numel() != blocks:
             return (f"{entry} has {scales.numel()} block scales, expected {blocks} (one per "
                     f"{BLOCK} elements)")

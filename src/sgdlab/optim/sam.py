@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from sgdlab.algorithms.sam import perturbation, scaled_gradient, validate_sam
+from sgdlab.optim import sharded
 
 
 class SAM(Optimizer):
@@ -54,6 +55,13 @@ class SAM(Optimizer):
         **kwargs: Any,
     ) -> None:
         validate_sam(rho=rho, eta=eta)
+        if sharded.zero_process_group() is not None:
+            raise TypeError(
+                "SAM cannot be the optimizer_class of ZeroRedundancyOptimizer: each rank would "
+                "perturb only its partition of the weights, with the norm of its partition of "
+                "the gradient; wrap the other way: SAM(ZeroRedundancyOptimizer(params, "
+                "optimizer_class=sgdlab.SGD, ...), rho=...)"
+            )
         if isinstance(params, Optimizer):
             if base_optimizer is not None or kwargs:
                 raise ValueError(
@@ -104,25 +112,33 @@ class SAM(Optimizer):
         ]
         if not with_grad:
             return
+        # On FSDP2 shards each rank works on its local shards (the perturbation is elementwise)
+        # and the norm is taken over every rank's: the same as one process with whole tensors.
+        local = sharded.local
         norms = [
             torch.linalg.vector_norm(
-                scaled_gradient(p, p.grad, adaptive=group["adaptive"], eta=group["eta"], ops=torch)
-            ).to(with_grad[0][1].device)
+                scaled_gradient(local(p), local(p.grad), adaptive=group["adaptive"],
+                                eta=group["eta"], ops=torch)
+            ).to(local(with_grad[0][1]).device)
             for group, p in with_grad
         ]
         grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+        params = [p for _, p in with_grad]
+        if sharded.reduction_groups(params):
+            (square,) = sharded.global_sum([float(grad_norm) ** 2], params)
+            grad_norm = torch.tensor(square, dtype=torch.float64).sqrt().to(grad_norm)
         for group, p in with_grad:
             e = perturbation(
-                p,
-                p.grad,
+                local(p),
+                local(p.grad),
                 rho=group["rho"],
-                grad_norm=grad_norm.to(p.device),
+                grad_norm=grad_norm.to(local(p).device),
                 adaptive=group["adaptive"],
                 eta=group["eta"],
                 ops=torch,
             )
-            self._origin[p] = p.clone()
-            p.add_(e)
+            self._origin[p] = local(p).clone()
+            local(p).add_(e)
         if zero_grad:
             self.zero_grad()
 
@@ -137,7 +153,7 @@ class SAM(Optimizer):
     @torch.no_grad()
     def _restore(self) -> None:
         for p, origin in self._origin.items():
-            p.copy_(origin)
+            sharded.local(p).copy_(origin)
         self._origin.clear()
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]

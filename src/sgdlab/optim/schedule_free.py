@@ -36,6 +36,7 @@ from sgdlab.algorithms.schedule_free import (
     schedule_free_schedule,
     schedule_free_train_point,
 )
+from sgdlab.optim import sharded
 from sgdlab.optim.base import RuleOptimizer
 
 
@@ -46,6 +47,9 @@ class _ScheduleFree(RuleOptimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         super().__init__(params, defaults)
+        # Built by ZeroRedundancyOptimizer: train() and eval() move this rank's partition, then
+        # share it with the other ranks.
+        self._zero = sharded.constructing_zero()
 
     def interpolation_beta(self, group: dict[str, Any]) -> float:
         """The beta of y = (1 - beta) z + beta x for this group."""
@@ -77,6 +81,8 @@ class _ScheduleFree(RuleOptimizer):
                 if z is not None:
                     param.copy_(move(param, z.to(param.device), beta=beta))
             group["train_mode"] = to_train
+        if self.__dict__.get("_zero") is not None:
+            sharded.sync_zero(self._zero)
 
     # The schedule advances for every group at every step, with or without gradients, as in the
     # reference implementation (the averaging weights depend on the step count only). As

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from sgdlab.optim import execution, torch_ops
+from sgdlab.optim import bfloat16, execution, torch_ops
 
 # On a CPU, a batched bfloat16 matrix product costs about 15 ms more per call than the same
 # products one by one, whatever the size (torch 2.13, 2 shared cores, /tmp measurements in
@@ -32,8 +32,14 @@ def stacked(
     grads: list[Tensor],
     states: list[dict[str, Any]],
     hyperparameters: dict[str, Any],
+    *,
+    rounding_step: int | None = None,
 ) -> None:
-    """Run ``rule`` once per stack of same-shape tensors, the rest one by one."""
+    """Run ``rule`` once per stack of same-shape tensors, the rest one by one.
+
+    ``rounding_step`` (the group's count of compact steps): the state is stored in bfloat16;
+    the rule sees it in float32 and its new state is rounded back stochastically, with noise
+    seeded by the step and each element's position in the group (as the grouped path does)."""
     stacks: dict[Any, list[int]] = {}
     alone: list[int] = []
     for i, (param, grad, state) in enumerate(zip(params, grads, states)):
@@ -42,26 +48,54 @@ def stacked(
             alone.append(i)
         else:
             stacks.setdefault(key, []).append(i)
+    runs = []
     for indices in stacks.values():
         if len(indices) == 1:
             alone += indices
-            continue
+        else:
+            runs.append(indices)
+    if rounding_step is None and alone:
+        alone.sort()
+        execution.per_tensor(rule, [params[i] for i in alone], [grads[i] for i in alone],
+                             [states[i] for i in alone], hyperparameters)
+    elif alone:
+        runs += [[i] for i in sorted(alone)]
+    offsets = [0]
+    for param in params:
+        offsets.append(offsets[-1] + param.numel())
+    seed = None if rounding_step is None else (rounding_step * 0x632BE5AB) & 0xFFFFFFFF
+    for indices in runs:
         members = [params[i] for i in indices]
         member_states = [states[i] for i in indices]
+        state = {key: torch.stack([_widened(s[key]) for s in member_states])
+                 for key in member_states[0]}
         new_param, new_state = rule(
-            torch.stack(members), torch.stack([grads[i] for i in indices]),
-            {key: torch.stack([state[key] for state in member_states])
-             for key in member_states[0]},
+            torch.stack(members), torch.stack([grads[i] for i in indices]), state,
             ops=torch_ops, **hyperparameters)
         for param, value in zip(members, new_param.unbind()):
             param.copy_(value)
         for key, value in new_state.items():
-            for state, entry in zip(member_states, value.unbind()):
-                execution.write_back(state, {key: entry})
-    if alone:
-        alone.sort()
-        execution.per_tensor(rule, [params[i] for i in alone], [grads[i] for i in alone],
-                             [states[i] for i in alone], hyperparameters)
+            for i, stored, entry in zip(indices, member_states, value.unbind()):
+                old = stored.get(key)
+                if seed is not None and isinstance(old, Tensor) and old.dtype in (
+                        torch.bfloat16, torch.float32):
+                    entry = _rounded(entry, seed, offsets[i])
+                    if old.dtype == torch.float32:  # loaded from a float32 checkpoint
+                        stored[key] = entry
+                        continue
+                execution.write_back(stored, {key: entry})
+
+
+def _widened(value: Any) -> Any:
+    return value.float() if isinstance(value, Tensor) and value.dtype == torch.bfloat16 else value
+
+
+def _rounded(value: Tensor, seed: int, offset: int) -> Tensor:
+    """``value`` rounded stochastically to bfloat16, element noise at its position in the group."""
+    start = (seed + offset) & 0xFFFFFFFF
+    start -= (start >> 31) << 32  # as a signed int32, as the grouped path's programs take it
+    flat = value.reshape(-1).to(torch.float32).contiguous()
+    return bfloat16.round_to_bfloat16(flat, start).view(value.shape)
 
 
 def _stack_key(param: Tensor, grad: Tensor, state: dict[str, Any]) -> Any:

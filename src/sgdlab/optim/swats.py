@@ -24,7 +24,7 @@ from sgdlab.algorithms.swats import (
     should_switch,
     update_lr_estimate,
 )
-from sgdlab.optim import torch_ops
+from sgdlab.optim import sharded, torch_ops
 from sgdlab.optim.base import RuleOptimizer
 
 
@@ -76,6 +76,9 @@ class SWATS(RuleOptimizer):
             "sgd_lr": None,
         }
         super().__init__(params, defaults)
+        # Built by ZeroRedundancyOptimizer: this rank holds a partition of the parameters, and
+        # the dot products are summed over the ranks (FSDP2 shards say so themselves).
+        self._zero_group = sharded.zero_process_group()
 
     # --- what users read ------------------------------------------------------------------------
     @property
@@ -108,7 +111,7 @@ class SWATS(RuleOptimizer):
     def before_update(self, group: dict[str, Any], params: list[Tensor],
                       grads: list[Tensor]) -> Any:
         if group["switch_step"] is None:
-            return [param.clone() for param in params]
+            return [sharded.local(param).clone() for param in params]
         return None
 
     def after_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
@@ -120,20 +123,31 @@ class SWATS(RuleOptimizer):
         # parameter at a time (in backward) give the very same sums as one run over the group.
         terms = self.__dict__.setdefault("_projection_terms", {}).setdefault(id(group), {})
         for old, param, grad in zip(before, params, grads):
-            sq, dot = projection_terms(_real(old), _real(param), _real(grad),
+            # This rank's shard of the sums (all of them without sharding): after_group adds
+            # the shards' parts.
+            sq, dot = projection_terms(_real(old), _real(sharded.local(param)),
+                                       _real(sharded.local(grad)),
                                        weight_decay=group["weight_decay"], ops=torch_ops)
             terms[id(param)] = (float(sq), float(dot))
 
     def after_group(self, group: dict[str, Any]) -> None:
-        terms = self.__dict__.get("_projection_terms", {}).pop(id(group), None)
-        if not terms:
-            return  # no Adam step for this group in this step
+        terms = self.__dict__.get("_projection_terms", {}).pop(id(group), None) or {}
+        if group["switch_step"] is not None:
+            return
         step_sq = step_dot_grad = 0.0
         for param in group["params"]:
             if id(param) in terms:
                 sq, dot = terms[id(param)]
                 step_sq += sq
                 step_dot_grad += dot
+        updated = len(terms)
+        zero_group = self.__dict__.get("_zero_group")
+        if zero_group is not None or any(map(sharded.is_dtensor, group["params"])):
+            # Every rank takes part, with or without parameters of its own in this group.
+            step_sq, step_dot_grad, updated = sharded.global_sum(
+                [step_sq, step_dot_grad, float(updated)], group["params"], zero_group)
+        if not updated:
+            return  # no Adam step for this group in this step
 
         beta1, beta2 = group["betas"]
         k = group["adam_step"] + 1

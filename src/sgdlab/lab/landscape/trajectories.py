@@ -140,6 +140,8 @@ def run_trajectory(
     label = label or optimizer_label(optimizer)
     point = torch.nn.Parameter(torch.tensor([float(start[0]), float(start[1])], dtype=dtype))
     opt = build([point])
+    # A spec's learning-rate schedule (sgd:schedule=cosine) spans the path's ``steps`` steps.
+    scheduler = optimizer.schedule().build(opt, steps) if hasattr(optimizer, "schedule") and steps else None
     if callable(getattr(opt, "eval", None)) and callable(getattr(opt, "train", None)):
         opt.eval()  # start in eval mode: the loop switches to train mode around each step
     generator = torch.Generator().manual_seed(seed)
@@ -178,6 +180,8 @@ def run_trajectory(
             to_train()
         first_loss.clear()
         opt.step(closure)
+        if scheduler is not None:
+            scheduler.step()
         if switches:
             to_eval()
         if indices is None and not switches:

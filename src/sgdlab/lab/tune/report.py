@@ -1,5 +1,5 @@
 """What tuning bought: the best configuration against the optimizer's default one, both re-run from
-fresh seeds on the full training set and scored on the test set (never seen by the search), with the
+fresh seeds on the task's training set and scored on the test set (never seen by the search), with the
 gain and its 95% confidence interval; plus the search's history, hyperparameter importances and
 report.md / report.html in the compare lab's format.
 
@@ -355,13 +355,19 @@ def _short(value: Any) -> str:
     return str(value)
 
 
+def _val_split(setup: Any) -> str:
+    if setup.val_fraction is None and setup.task.has_validation:
+        return f"the task's validation split ({setup.task.n_val} examples)"
+    return f"{setup.val_fraction or 0.2:.0%} of the training data held out"
+
+
 def _caption(report: TuneReport) -> str:
     setup = report.search.setup
     c = report.search.counts
     return (f"{report.task.name}: {report.task.description}. Search: {c['done']} trials ({c['complete']} complete, "
             f"{c['pruned']} pruned, {c['diverged']} diverged, {c['failed']} failed), TPE sampler, "
             f"{setup.pruner} pruner, {setup.trial_epochs} epochs per trial, validation {setup.metric} on "
-            f"{setup.val_fraction:.0%} of the training set held out. Confirmation: full training set, test set, "
+            f"{_val_split(setup)}. Confirmation: the same training set, test set, "
             f"{len(report.race.seeds)} fresh seeds per configuration.")
 
 

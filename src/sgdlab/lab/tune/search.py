@@ -1,8 +1,8 @@
 """Hyperparameter search with Optuna: one study per (task, optimizer), shared by any number of workers.
 
 A trial samples a configuration from the :class:`~sgdlab.lab.tune.space.SearchSpace`, trains it
-with :func:`sgdlab.lab.runner.train_run` on the task's training set minus a held-out validation
-split, reports the validation metric after every epoch (the pruner stops trials that are clearly
+with :func:`sgdlab.lab.runner.train_run` on the task's training set, judges it on the task's
+validation split (:meth:`~sgdlab.lab.tasks.Task.with_validation`), reports the validation metric after every epoch (the pruner stops trials that are clearly
 worse than the others at the same epoch) and returns the final validation metric. The test set is
 never seen during the search; it is only used by the report's confirmation runs. Every trial
 starts from the same seed (common random numbers), so trials differ by their hyperparameters, not by
@@ -63,24 +63,11 @@ class StorageError(ValueError):
 # --- the validation split -------------------------------------------------------------------------
 
 
-def validation_task(task: Task, fraction: float = 0.2, seed: int = 0) -> Task:
-    """``task`` with a random ``fraction`` of its training set moved into the evaluation set (named
-    ``test_*`` in the runner's records). The search optimizes on this split; the test set stays unseen."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
-    n = task.n_train
-    n_val = int(round(n * fraction))
-    if n_val < 1 or n_val >= n:
-        raise ValueError(f"val_fraction={fraction} leaves no training or no validation data ({n} examples)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, train = order[:n_val], order[n_val:]
-    return dataclasses.replace(
-        task,
-        x_train=task.x_train[train], y_train=task.y_train[train],
-        x_test=task.x_train[val], y_test=task.y_train[val],
-        batch_size=min(task.batch_size, len(train)),
-        description=f"{task.description} -- search split: {len(train)} train / {n_val} validation",
-    )
+def validation_task(task: Task, fraction: float | None = None, seed: int = 0) -> Task:
+    """``task`` with its validation split (:meth:`Task.with_validation`, the one mechanism every lab
+    command uses): the task's own when it has one and ``fraction`` is None, else ``fraction`` of
+    the training data held out. The search judges trials on it; the test set stays unseen."""
+    return task.with_validation(fraction, seed)
 
 
 # --- storages -------------------------------------------------------------------------------------
@@ -179,7 +166,7 @@ class SearchSetup:
     metric: str | None = None
     pruner: str = "median"
     seed: int = 0
-    val_fraction: float = 0.2
+    val_fraction: float | None = None  # None: the task's own validation split (20% when it has none)
     # Trials of a vectorizable optimizer train as populations (sgdlab.lab.tune.populations).
     population: bool = True
     # Local worker processes sharing the study (set by search()): a population takes its share.
@@ -215,8 +202,8 @@ class SearchSetup:
 
     @property
     def record_key(self) -> str:
-        """The runner's record field holding the validation metric (validation data is its test set)."""
-        return f"test_{self.metric}"
+        """The runner's record field holding the validation metric."""
+        return f"val_{self.metric}"
 
     @property
     def trial_epochs(self) -> int:
@@ -317,6 +304,10 @@ def default_params(setup: SearchSetup) -> dict[str, Any] | None:
             continue
         if name == "batch_size":
             value = setup.task.batch_size
+        elif name == "schedule":
+            value = resolved.get("schedule") or "constant"
+        elif name == "warmup":
+            value = resolved.get("warmup") or 0.0
         elif name in ("beta1", "beta2"):
             value = None if betas is None else betas[("beta1", "beta2").index(name)]
         else:
@@ -479,8 +470,10 @@ def make_objective(setup: SearchSetup, space: SearchSpace, val_task: Task) -> Ca
                 trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
                 raise optuna.TrialPruned(f"{setup.metric} {value:.4g} at epoch {epoch} is below the median")
 
+        cpu = time.process_time()
         result = train_run(val_task, spec, seed=setup.seed, epochs=epochs, batch_size=batch_size, on_eval=on_eval)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("cpu_seconds", round(time.process_time() - cpu, 3))
         trial.set_user_attr("status", result.status)
         final = result.final.get(key)
         if result.status == DIVERGED or final is None:

@@ -6,6 +6,9 @@ Every optimizer gets a default space from the hyperparameters it accepts (its si
     momentum       0.5..0.99, log-uniform in 1 - momentum (0.9 -> 0.99 is as big a step as 0.5 -> 0.9)
     weight_decay   log-uniform; 1e-6..1e-2 as an L2 penalty, 1e-4..0.3 when decoupled (AdamW, SGDW)
     beta1, beta2   Adam's betas: 0.5..0.99 and 0.9..0.9999, log-uniform in 1 - beta
+    schedule       the learning-rate schedule: constant, cosine, linear or step (see
+                   :mod:`sgdlab.lab.schedules`); not for schedule-free optimizers, which have none
+    warmup         linear warmup, 0..0.1 of the run (uniform)
     batch_size     powers of two from a quarter to four times the task's batch size (not for ``gd``)
 
 plus the optimizer's own hyperparameters registered with :func:`register_space` (e.g. SAM's
@@ -30,7 +33,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from sgdlab.lab.specs import OptimizerSpec, _did_you_mean, _hyperparameter_names, _parse_value
+from sgdlab.lab.schedules import SCHEDULE_KEYS, SCHEDULES, is_schedule_free
+from sgdlab.lab.specs import OptimizerSpec, _did_you_mean, _hyperparameter_names, _innermost_factory, _parse_value
 
 SCALES = ("log", "linear", "log1m")
 _TRAINING = ("batch_size",)  # searched, but not optimizer hyperparameters
@@ -190,8 +194,14 @@ class SearchSpace:
         return [d.describe() for d in self.dimensions.values()]
 
 
+def _schedulable(spec: OptimizerSpec, task: Any = None) -> bool:
+    return not is_schedule_free(_innermost_factory(spec.entry, spec.resolved(task)))
+
+
 def _valid_names(spec: OptimizerSpec, accepted: list[str] | None) -> list[str]:
     names = list(accepted or [])
+    if _schedulable(spec):
+        names += list(SCHEDULE_KEYS)
     if "betas" in names:
         names.remove("betas")
         names += list(_BETAS)
@@ -227,6 +237,11 @@ def default_space(spec: OptimizerSpec, task: Any = None) -> dict[str, Dimension]
             base = float(resolved.get("lr", _signature_default(factory, "lr") or 1e-3))
             low, high = base / 100, base * 30
         dims["lr"] = _float_dimension("lr", low, high, "log")
+    if _schedulable(spec, task):  # the rate's shape over the run is as much a choice as its size
+        if "schedule" not in fixed:
+            dims["schedule"] = Dimension("schedule", "choice", choices=SCHEDULES)
+        if "warmup" not in fixed:
+            dims["warmup"] = _float_dimension("warmup", 0.0, 0.1, "linear")
     if "momentum" in known and "momentum" not in fixed:
         dims["momentum"] = _float_dimension("momentum", *_GENERIC["momentum"])
     if "betas" in known and "betas" not in fixed:
