@@ -89,6 +89,8 @@ def _probe_optimizer(spec: OptimizerSpec, task: Task) -> tuple[Any, str | None]:
 
     if any(key in spec.hyperparameters for key in STATE_KEYS):
         return None, "compact optimizer state"
+    if not spec.schedule(task).constant:
+        return None, "a learning-rate schedule"
     optimizer = spec.build([torch.zeros(2, requires_grad=True)], task)
     if not isinstance(optimizer, RuleOptimizer):
         return None, "not an sgdlab rule"
@@ -259,6 +261,7 @@ def train_population(
     on_eval: Callable[[dict[str, Any]], Any] | None = None,
     on_progress: Callable[[tuple[str, int], float], Any] | None = None,
     stop_on: tuple[type[BaseException], ...] = (),
+    stop_at: tuple[str, float, bool] | None = None,
 ) -> list[RunResult]:
     """Train ``members``: those of one :func:`population_key` as one population, the others one at
     a time with :func:`train_run`. One :class:`RunResult` per member, in order, equal (to float
@@ -270,7 +273,7 @@ def train_population(
     ``on_eval`` (a tuner's prune signal) ends that member alone, with status ``"stopped"`` and the
     exception in its ``error``; any other exception propagates, as from :func:`train_run`.
     """
-    budget = Budget(epochs, steps, time_budget).resolve(task)
+    budget = Budget(epochs, steps, time_budget, stop_at).resolve(task)
     results: dict[int, RunResult] = {}
     batches: dict[Any, list[int]] = {}
     traceable = model_problem(task) is None
@@ -282,11 +285,14 @@ def train_population(
     for key, indices in batches.items():
         if key[0] == "alone":
             m = members[indices[0]]
-            results[indices[0]] = runner.train_run(
-                task, m.spec, m.seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
-                batch_size=batch_size, checkpoint=m.checkpoint, on_eval=on_eval,
-                on_progress=None if on_progress is None else
-                (lambda f, label=(m.spec.label, m.seed): on_progress(label, f)))
+            try:
+                results[indices[0]] = runner.train_run(
+                    task, m.spec, m.seed, epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget,
+                    batch_size=batch_size, checkpoint=m.checkpoint, on_eval=on_eval, stop_at=budget.stop_at,
+                    on_progress=None if on_progress is None else
+                    (lambda f, label=(m.spec.label, m.seed): on_progress(label, f)))
+            except stop_on as error:  # as in a population: this run ends, the others go on
+                results[indices[0]] = RunResult("", m.spec.label, m.seed, STOPPED, [], f"{type(error).__name__}: {error}")
             continue
         batch = task.n_train if key[1] else int(batch_size or task.batch_size)
         if batch < 1:
@@ -364,7 +370,7 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
     clock = _Clock(*states[0].position, states[0].seconds)
 
     def record(s: _State, evaluated, diverged: bool, partial: float | None, seconds: float) -> dict[str, Any]:
-        train_loss, train_metrics, test_loss, test_metrics = evaluated
+        train_loss, train_metrics, test_loss, test_metrics, *val = evaluated
         diverged = diverged or not (math.isfinite(train_loss) and math.isfinite(test_loss))
         spec = s.member.spec
         entry: dict[str, Any] = {
@@ -373,6 +379,9 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
             "examples": clock.examples, "time": round(seconds, 6),
             "train_loss": runner._finite_or_none(train_loss), "test_loss": runner._finite_or_none(test_loss),
         }
+        if val:
+            entry["val_loss"] = runner._finite_or_none(val[0])
+            entry.update({f"val_{k}": v for k, v in val[1].items()})
         entry.update({f"train_{k}": v for k, v in train_metrics.items()})
         entry.update({f"test_{k}": v for k, v in test_metrics.items()})
         entry["diverged"] = diverged
@@ -388,7 +397,7 @@ def _train(task: Task, states: list[_State], budget: Budget, batch: int, on_eval
             entry = record(s, values, diverged, partial, seconds)
             if entry["diverged"]:
                 s.status = DIVERGED
-            elif finishing:
+            elif finishing or budget.reached(entry):
                 s.status = FINISHED
             pop.sync(index, clock, seconds)
             _save(s)
@@ -562,9 +571,13 @@ class _Population:
 
 
 def _evaluate(task: Task, net: _Net, indices: list[int]) -> list[tuple[float, dict, float, dict]]:
-    """Train and test loss and metrics of the members at ``indices`` (as runner.evaluate)."""
+    """Train, test (and validation) loss and metrics of the members at ``indices`` (as
+    runner.evaluate)."""
     results: list[list[Any]] = [[] for _ in indices]
-    for data_x, data_y in ((task.x_train, task.y_train), (task.x_test, task.y_test)):
+    splits = [(task.x_train, task.y_train), (task.x_test, task.y_test)]
+    if task.has_validation:
+        splits.append((task.x_val, task.y_val))
+    for data_x, data_y in splits:
         outputs = net.outputs(data_x, indices)
         for slot, out in enumerate(outputs):
             results[slot] += [float(task.loss(out, data_y)),
@@ -580,6 +593,7 @@ def _save(s: _State) -> None:
     state = {
         "records": s.records, "status": s.status, "model": s.model.state_dict(),
         "optimizer": s.optimizer.state_dict(), "shuffle": s.shuffle.get_state(),
+        "scheduler": None,  # a constant learning rate (schedules train one run at a time)
         "epoch": s.epoch, "step": s.step, "examples": s.examples, "seconds": s.seconds,
     }
     _atomic_save(state, path)
@@ -660,7 +674,7 @@ def run_unit(task: Task, unit: Sequence[Job], budget: Budget, batch_size: int | 
             return train_population(
                 task, [Member(spec, seed, ckpt) for (spec, seed), ckpt in zip(unit, checkpoints)],
                 epochs=budget.epochs, steps=budget.steps, time_budget=budget.time_budget, batch_size=batch_size,
-                on_eval=on_eval, on_progress=on_progress)
+                on_eval=on_eval, on_progress=on_progress, stop_at=budget.stop_at)
         except Exception as error:  # noqa: BLE001 - fall back, and say why
             runner._warn(f"a population of {unit[0][0].label} failed ({type(error).__name__}: {error}); "
                          "its runs continue one at a time")

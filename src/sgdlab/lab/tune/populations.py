@@ -113,6 +113,7 @@ def _train(study, setup, val_task, trials, specs, batch_size, key, epochs, optun
         if trial.should_prune():
             raise optuna.TrialPruned(f"{setup.metric} {value:.4g} at epoch {epoch} is below the median")
 
+    cpu = time.process_time()
     try:
         results = train_population(val_task, members, epochs=epochs, batch_size=batch_size, on_eval=on_eval,
                                    stop_on=(optuna.TrialPruned,))
@@ -121,8 +122,10 @@ def _train(study, setup, val_task, trials, specs, batch_size, key, epochs, optun
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         raise
     seconds = round(time.perf_counter() - started, 3)
+    cpu_share = round((time.process_time() - cpu) / len(trials), 3)  # the population's CPU, shared
     for trial, result in zip(trials, results):
         trial.set_user_attr("seconds", seconds)
+        trial.set_user_attr("cpu_seconds", cpu_share)
         if result.status == STOPPED:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
