@@ -76,6 +76,22 @@ def test_population_gives_the_runs_of_one_at_a_time(texts):
         assert max_difference(result, alone) < TOLERANCE
 
 
+def test_validation_records_and_a_target_that_ends_runs_early_as_train_run_has_them():
+    base = tiny_task()
+    task = Task("tiny-val", TinyConv, base.x_train[:36], base.y_train[:36], base.x_test, base.y_test,
+                x_val=base.x_train[36:], y_val=base.y_train[36:], epochs=4, batch_size=12, lr={"sgd": 0.3})
+    members = [Member(parse_spec(t), seed) for t in ("sgd", "sgd:lr=0.01,label=slow") for seed in (0, 1)]
+    target = ("val_loss", 1.0, False)  # the fast runs reach it, the slow ones do not
+    together = train_population(task, members, epochs=4, stop_at=target)
+    assert "val_loss" in together[0].final and "val_accuracy" in together[0].final
+    lengths = []
+    for member, result in zip(members, together):
+        alone = train_run(task, member.spec, member.seed, epochs=4, stop_at=target)
+        assert max_difference(result, alone) < TOLERANCE
+        lengths.append(len(result.records))
+    assert min(lengths) < 5 == max(lengths)  # some stopped at the target, the others ran 4 epochs
+
+
 def test_members_that_differ_only_in_lr_train_as_one_population():
     task = tiny_task()
     jobs = [(parse_spec(f"sgd:lr={lr}"), 0) for lr in (0.01, 0.02, 0.05, 0.1)]
