@@ -177,18 +177,24 @@ class _Net:
         return torch.func.vmap(member_loss, in_dims=(0, 0, dim, dim))(params, self.buffers, x, y)
 
     @torch.no_grad()
-    def outputs(self, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        """The outputs on ``x`` of the members at ``indices`` (in eval mode), ``[members, len(x), ...]``."""
-        chunk = max(256, runner._EVAL_CHUNK // len(indices))
-        pick = torch.tensor(indices, dtype=torch.long)
-        forward = torch.func.vmap(self._forward, in_dims=(0, 0, None))
+    def outputs(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        """The outputs on ``x`` of the members at ``indices`` (in eval mode), one tensor each.
+
+        Member by member, in the chunks runner.evaluate uses, not vmapped: with no backward to
+        share and large batches, one model's kernels are faster than the grouped ones (measured:
+        8 members of the MNIST-1D CNN, 0.15 s member by member against 0.36 s vmapped), and
+        they are the very kernels of a run alone."""
         was_training = self.base.training
         self.base.eval()
         try:
-            params = {k: v.detach()[pick] for k, v in self.stacked.items()}
-            buffers = {k: v[pick] for k, v in self.buffers.items()}
-            return torch.cat([forward(params, buffers, x[i : i + chunk]) for i in range(0, len(x), chunk)],
-                             dim=1)
+            outputs = []
+            for i in indices:
+                params = {k: v.detach()[i] for k, v in self.stacked.items()}
+                buffers = {k: v[i] for k, v in self.buffers.items()}
+                outputs.append(torch.cat([
+                    torch.func.functional_call(self.base, (params, buffers), (x[first : first + runner._EVAL_CHUNK],))
+                    for first in range(0, len(x), runner._EVAL_CHUNK)]))
+            return outputs
         finally:
             self.base.train(was_training)
 
