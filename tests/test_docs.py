@@ -348,8 +348,9 @@ INLINE_COMMAND = re.compile(
 
 def test_commands_written_in_the_text_are_run_as_code_blocks():
     """A command with arguments written inline (`sgdlab compare --seeds 3`) must also stand in a
-    code block on some page, where the tests above run it; `...` marks an abbreviation."""
-    run = {" ".join(line.split()) for b in BLOCKS if b.lang == "bash" and not b.skip_reason
+    code block on some page, where the tests above run it, or in a block marked skip whose
+    reason says why CI cannot (a CUDA device, minutes of work); `...` marks an abbreviation."""
+    run = {" ".join(line.split()) for b in BLOCKS if b.lang == "bash"
            for line in b.body.replace("\\\n", " ").splitlines()}
     run = {line.split(" #")[0].strip() for line in run}
     missing = []

@@ -194,9 +194,8 @@ MUON = Rule(
     # Newton-Schulz is a matrix operation: tensor by tensor (or stacks of same-shape matrices).
     elementwise=False,
     stacks=True,
-    # bfloat16 momentum, rounded stochastically by the stacked path; 8-bit codes are the grouped
-    # elementwise path's, which a matrix operation cannot take.
-    compact_state=("bfloat16",),
+    # bfloat16 or 8-bit momentum, widened (decoded) and rounded back (encoded) by the stacked path.
+    compact_state=("bfloat16", "uint8"),
 )
 
 

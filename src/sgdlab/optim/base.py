@@ -330,16 +330,22 @@ class RuleOptimizer(Optimizer):
                 rule = declaration.route(param)
                 routed.setdefault(id(rule), (rule, []))[1].append(i)
             for rule, indices in routed.values():
-                self._execute((index, rule.name), group, [params[i] for i in indices],
-                              [grads[i] for i in indices], [states[i] for i in indices],
-                              group.get("state_dtype"), rule=rule)
+                self._run_storage((index, rule.name), group, [params[i] for i in indices],
+                                  [grads[i] for i in indices], [states[i] for i in indices],
+                                  rule)
             return
+        self._run_storage(index, group, params, grads, states, None)
+
+    def _run_storage(self, index: Any, group: dict[str, Any], params: list[Tensor],
+                     grads: list[Tensor], states: list[dict[str, Any]],
+                     rule: Rule | None) -> None:
+        """One run per storage layout of the state: with 8-bit state, 8-bit for the large
+        tensors and float32 for the small ones."""
         state_dtype = group.get("state_dtype")
         if state_dtype == torch.uint8:
             minimum = group.get("min_8bit_size", MIN_8BIT_SIZE)
             if any(p.numel() < minimum for p in params):
-                # Two layouts: 8-bit for the large tensors, float32 for the small ones. The
-                # large ones go first: if 8-bit state is refused, nothing has changed yet.
+                # The large ones go first: if 8-bit state is refused, nothing has changed yet.
                 small = [i for i, p in enumerate(params) if p.numel() < minimum]
                 large = [i for i, p in enumerate(params) if p.numel() >= minimum]
                 for indices, key, dtype in ((large, index, state_dtype),
@@ -347,9 +353,9 @@ class RuleOptimizer(Optimizer):
                     if indices:
                         self._execute(key, group, [params[i] for i in indices],
                                       [grads[i] for i in indices], [states[i] for i in indices],
-                                      dtype)
+                                      dtype, rule=rule)
                 return
-        self._execute(index, group, params, grads, states, state_dtype)
+        self._execute(index, group, params, grads, states, state_dtype, rule=rule)
 
     def _lists_a_tensor_twice(self, listed: list[Tensor]) -> bool:
         # Checked once per list of a group's parameters (and again if its length changes), not
@@ -397,9 +403,10 @@ class RuleOptimizer(Optimizer):
                 return
         declared = type(self).declaration if rule is None else rule
         if (compact and declared is not None and declared.stacks
-                and state_dtype == torch.bfloat16 and not group.get("differentiable")):
-            # bfloat16 state of a rule that takes stacks (Muon): widened, stepped, rounded back
-            # stochastically, stack by stack.
+                and state_dtype in (torch.bfloat16, torch.uint8)
+                and not group.get("differentiable")):
+            # Compact state of a rule that takes stacks (Muon): widened (8-bit: decoded),
+            # stepped, rounded back stochastically (encoded), stack by stack.
             _check_state_shapes(group, params, states)
             stacked.stacked(update, params, grads, states, hyperparameters,
                             rounding_step=rounding_step)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from sgdlab.optim import bfloat16, execution, torch_ops
+from sgdlab.optim import bfloat16, execution, quantized, torch_ops
 
 # On a CPU, a batched bfloat16 matrix product costs about 15 ms more per call than the same
 # products one by one, whatever the size (torch 2.13, 2 shared cores, /tmp measurements in
@@ -37,9 +37,11 @@ def stacked(
 ) -> None:
     """Run ``rule`` once per stack of same-shape tensors, the rest one by one.
 
-    ``rounding_step`` (the group's count of compact steps): the state is stored in bfloat16;
-    the rule sees it in float32 and its new state is rounded back stochastically, with noise
-    seeded by the step and each element's position in the group (as the grouped path does)."""
+    ``rounding_step`` (the group's count of compact steps): the state is stored in bfloat16, or
+    as 8-bit blockwise codes (:mod:`sgdlab.optim.quantized`, the same codec as the grouped path,
+    blocks counted from each tensor's first element); the rule sees it in float32 and its new
+    state is rounded back stochastically, with noise seeded by the step and each element's
+    position in the group (as the grouped path does)."""
     stacks: dict[Any, list[int]] = {}
     alone: list[int] = []
     for i, (param, grad, state) in enumerate(zip(params, grads, states)):
@@ -67,16 +69,23 @@ def stacked(
     for indices in runs:
         members = [params[i] for i in indices]
         member_states = [states[i] for i in indices]
-        state = {key: torch.stack([_widened(s[key]) for s in member_states])
-                 for key in member_states[0]}
+        state = {key: torch.stack([_widened(s, key) for s in member_states])
+                 for key in member_states[0] if not key.endswith(quantized.SUFFIX)}
         new_param, new_state = rule(
             torch.stack(members), torch.stack([grads[i] for i in indices]), state,
             ops=torch_ops, **hyperparameters)
         for param, value in zip(members, new_param.unbind()):
             param.copy_(value)
-        for key, value in new_state.items():
+        for slot, (key, value) in enumerate(new_state.items()):
             for i, stored, entry in zip(indices, member_states, value.unbind()):
                 old = stored.get(key)
+                if seed is not None and isinstance(old, Tensor) and old.dtype == torch.uint8:
+                    codes, scales = quantized.encode(
+                        entry.reshape(-1).to(torch.float32).contiguous(),
+                        quantized.entry_seed(seed, slot), offsets[i])
+                    old.copy_(codes.view(old.shape))
+                    stored[key + quantized.SUFFIX] = scales
+                    continue
                 if seed is not None and isinstance(old, Tensor) and old.dtype in (
                         torch.bfloat16, torch.float32):
                     entry = _rounded(entry, seed, offsets[i])
@@ -86,8 +95,20 @@ def stacked(
                 execution.write_back(stored, {key: entry})
 
 
-def _widened(value: Any) -> Any:
-    return value.float() if isinstance(value, Tensor) and value.dtype == torch.bfloat16 else value
+def _widened(state: dict[str, Any], key: str) -> Any:
+    """State entry ``key`` in float32: bfloat16 widened, 8-bit codes decoded (zeros before the
+    first step, when the entry has no block scales yet)."""
+    value = state[key]
+    if not isinstance(value, Tensor):
+        return value
+    if value.dtype == torch.bfloat16:
+        return value.float()
+    if value.dtype == torch.uint8:
+        scales = state.get(key + quantized.SUFFIX)
+        if scales is None:
+            return torch.zeros(value.shape, dtype=torch.float32, device=value.device)
+        return quantized.decode(value.reshape(-1), scales).view(value.shape)
+    return value
 
 
 def _rounded(value: Tensor, seed: int, offset: int) -> Tensor:
@@ -110,6 +131,8 @@ def _stack_key(param: Tensor, grad: Tensor, state: dict[str, Any]) -> Any:
         return None
     entries = []
     for key, value in state.items():
+        if key.endswith(quantized.SUFFIX):
+            continue  # an 8-bit entry's block scales, one per 256 elements
         if (not isinstance(value, Tensor) or type(value) not in plain
                 or value.shape != param.shape or value.device != param.device):
             return None
