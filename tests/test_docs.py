@@ -143,6 +143,7 @@ CHEAP = {
     ("python", "benchmarks/compact_convergence.py"): lambda a, out: _set(_set(a, "--seeds", "1"), "--epochs", "1"),
     ("python", "benchmarks/state_rounding_noise.py"): lambda a, out: _set(_set(a, "--steps", "300"), "--warmup", "100"),
     ("python", "benchmarks/kernel_compute.py"): lambda a, out: _set(a, "--calls", "11"),
+    ("python", "benchmarks/population_agreement.py"): lambda a, out: _set(_set(a, "--epochs", "1"), "--seeds", "1"),
     ("python", "benchmarks/in_backward_memory.py"): lambda a, out: _set(_set(_set(
         a, "--width", "256"), "--layers", "2"), "--batch", "4"),
 }

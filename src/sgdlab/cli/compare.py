@@ -22,6 +22,7 @@ examples:
   sgdlab compare --opt sgd:lr=0.1,momentum=0.9,schedule=cosine,warmup=0.05   a cosine schedule with warmup
   sgdlab compare --task digits --opt momentum --opt adamw --tune 10    equal budget: 10 tuning trials each
   sgdlab compare --list                           tasks and optimizer names
+  sgdlab compare --opt sgd:lr=0.05 --opt sgd:lr=0.1 --opt sgd:lr=0.2 --seeds 1   an lr sweep, one population
 
 A rerun with the same --out skips finished runs and continues interrupted ones.
 """
@@ -49,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=None, metavar="N", help="mini-batch size (default: the task's)")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
                         help="parallel worker processes (default: the number of usable cores)")
+    parser.add_argument("--no-population", action="store_true",
+                        help="train every run on its own (default: the seeds of an optimizer, and specs that differ "
+                        "only in lr, train as one vectorized population)")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="run on a Dask distributed cluster (tcp://host:8786; local:N starts N local workers); "
+                        "--out must be on storage every worker sees")
     parser.add_argument("--target-loss", type=float, default=None, metavar="X",
                         help="train loss whose epochs/time to reach are reported (default: the task's)")
     parser.add_argument("--tune", type=positive_int, default=None, metavar="N",
@@ -84,10 +91,16 @@ def run(args: argparse.Namespace) -> int:
 
     out = str(output_dir(args.out or default_out(args.task)))
 
+    import threading
+
     from rich.console import Console
 
-    from sgdlab.lab.report import build_report, print_report, write_report
     from sgdlab.lab.runner import default_workers, run_race
+
+    # The report's imports (SciPy's statistics, matplotlib: seconds) load while the race trains,
+    # in this process that mostly waits for its workers, instead of before it.
+    preload = threading.Thread(target=__import__, args=("sgdlab.lab.report",), daemon=True)
+    preload.start()
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -124,19 +137,38 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
             return 130
         chosen = chosen + [t.spec for t in tuning]
+    cluster = None
+    if args.cluster:
+        from sgdlab.lab.cluster import connect
+
+        try:
+            cluster = connect(args.cluster)
+        except (ImportError, OSError, ValueError) as error:
+            return _error(f"--cluster {args.cluster}: {error}")
     console.print(
         f"[bold]sgdlab compare[/bold] {task.name}: {task.description}\n"
-        f"{len(chosen)} optimizers x {args.seeds} seeds, {workers} worker{'s' if workers > 1 else ''}, "
+        f"{len(chosen)} optimizers x {args.seeds} seeds, "
+        f"{f'cluster {args.cluster}' if cluster else f'{workers} worker' + ('s' if workers > 1 else '')}, "
         f"report in {out}"
     )
     try:
         result = run_race(
             task, chosen, seeds=args.seeds, epochs=args.epochs, steps=args.steps, time_budget=args.time_budget,
             batch_size=args.batch_size, workers=workers, out=out, progress=not args.no_progress, console=console,
+            population=not args.no_population, cluster=cluster,
         )
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
         return 130
+    finally:
+        if cluster is not None:
+            local = getattr(cluster, "cluster", None) if args.cluster.startswith("local:") else None
+            cluster.close()
+            if local is not None:
+                local.close()
+    preload.join()
+    from sgdlab.lab.report import build_report, print_report, write_report
+
     report = build_report(result, args.target_loss, tuning=tuning)
     print_report(report, console)
     paths = write_report(report, out)

@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "validation split; 0.2 for a task without one)")
     search.add_argument("--confirm-seeds", type=int_at_least(2), default=5,
                         help="seeds per configuration in the default-vs-tuned confirmation (default: 5)")
+    search.add_argument("--no-population", action="store_true",
+                        help="train one trial at a time (default: up to 8 trials at once as one vectorized "
+                        "population, for optimizers that allow it)")
     search.add_argument("--no-report", action="store_true",
                         help="search only: no confirmation runs, no report")
     search.set_defaults(func=run_search)
@@ -259,6 +262,7 @@ def run_search(args: argparse.Namespace) -> int:
             task=task, spec=spec, space_text=args.space, study_name=args.study_name or f"{task.name}-{spec.text}",
             out=out, storage=args.storage, n_trials=n_trials, timeout=args.timeout, epochs=args.epochs,
             metric=args.metric, pruner=args.pruner, seed=args.seed, val_fraction=args.val_fraction,
+            population=not args.no_population,
         )
         space = setup.space()
         open_storage(args.storage, out)  # an unreachable database fails here, not after the header

@@ -440,15 +440,6 @@ def _init_worker(task: Task, queue: Any, parent: int, prefix: str) -> None:
     watch_parent(parent)
 
 
-def _worker_job(spec: OptimizerSpec, seed: int, budget: Budget, batch_size: int | None, checkpoint: str) -> RunResult:
-    task, queue = _WORKER["task"], _WORKER["queue"]
-    return _guarded_run(
-        task, spec, seed, budget, batch_size, checkpoint,
-        on_eval=lambda r: queue.put(("eval", r)),
-        on_progress=lambda f, label=(spec.label, seed): queue.put(("progress", label, f)),
-    )
-
-
 def _guarded_run(task, spec, seed, budget, batch_size, checkpoint, on_eval, on_progress) -> RunResult:
     try:
         return train_run(
@@ -527,6 +518,8 @@ def run_race(
     progress: bool = True,
     console: Any = None,
     stop_at: tuple[str, float, bool] | None = None,
+    population: bool = True,
+    cluster: Any = None,
 ) -> RaceResult:
     """Run every spec with every seed (``seeds``: a count, 0..N-1, or explicit seeds).
 
@@ -535,6 +528,12 @@ def run_race(
     checkpoints to ``out/checkpoints/``: calling again with the same arguments and ``out`` skips
     finished runs and continues interrupted ones. Reports are written by
     :func:`sgdlab.lab.report.write_report`.
+
+    With ``population`` (the default), the seeds of an optimizer, and specs that differ only in
+    hyperparameters such as ``lr``, train as one vectorized population
+    (:mod:`sgdlab.lab.population`): the same records and checkpoints, to float tolerance.
+    With ``cluster`` (a Dask scheduler address or ``distributed.Client``), the runs are tasks on
+    that cluster instead of local worker processes (:mod:`sgdlab.lab.cluster`).
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -574,6 +573,11 @@ def run_race(
     if out_dir is not None:
         _write_race_json(out_dir, task, specs, seeds, budget, batch_size)
 
+    from sgdlab.lab import population as population_module
+
+    units, notes = population_module.plan(task, jobs, workers=workers, enabled=population, batch_size=batch_size)
+    for note in notes:  # once per reason, before anything trains
+        _warn(note)
     log_handle = _open_log(log_path) if log_path is not None else None
 
     def log(record: dict[str, Any]) -> None:
@@ -588,23 +592,26 @@ def run_race(
     results: dict[tuple[str, int], RunResult] = {}
     try:
         with bars:
-            if workers == 1 or len(jobs) == 1:
+            if cluster is not None:
+                from sgdlab.lab.cluster import run_units
+
+                results = run_units(cluster, task, units, budget, batch_size, checkpoints, log, bars)
+            elif workers == 1 or len(jobs) == 1:
                 threads = torch.get_num_threads()
                 torch.set_num_threads(1)  # the same numbers as in worker processes
                 try:
-                    for spec, seed in jobs:
-                        key = (spec.label, seed)
-                        bars.start(key)
-                        result = _guarded_run(
-                            task, spec, seed, budget, batch_size, checkpoints[key],
-                            on_eval=log, on_progress=lambda f, key=key: bars.update(key, f),
+                    for unit in units:
+                        unit_results = population_module.run_unit(
+                            task, unit, budget, batch_size, [checkpoints[(s.label, seed)] for s, seed in unit],
+                            on_eval=log, on_progress=bars.update,
                         )
-                        results[key] = result
-                        bars.finish(key, result)
+                        for result in unit_results:
+                            results[(result.optimizer, result.seed)] = result
+                            bars.finish((result.optimizer, result.seed), result)
                 finally:
                     torch.set_num_threads(threads)
             else:
-                results = _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bars)
+                results = _run_parallel(task, units, budget, batch_size, checkpoints, workers, log, bars)
     finally:
         if log_handle is not None:
             log_handle.close()
@@ -621,7 +628,7 @@ def run_race(
                       time.perf_counter() - started)
 
 
-def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bars) -> dict:
+def _run_parallel(task, units, budget, batch_size, checkpoints, workers, log, bars) -> dict:
     import multiprocessing
     import queue as queue_module
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -630,7 +637,7 @@ def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bar
     messages = context.Queue()
     results: dict[tuple[str, int], RunResult] = {}
     executor = ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+        max_workers=min(workers, len(units)), mp_context=context, initializer=_init_worker,
         initargs=(task, messages, os.getpid(), lab_warning_prefix()),
     )
 
@@ -647,22 +654,26 @@ def _run_parallel(task, jobs, budget, batch_size, checkpoints, workers, log, bar
             pass
 
     try:
+        from sgdlab.lab.population import worker_unit_job
+
         futures = {
-            executor.submit(_worker_job, spec, seed, budget, batch_size, checkpoints[(spec.label, seed)]): (spec, seed)
-            for spec, seed in jobs
+            executor.submit(worker_unit_job, unit, budget, batch_size,
+                            [checkpoints[(spec.label, seed)] for spec, seed in unit]): unit
+            for unit in units
         }
         pending = set(futures)
         while pending:
             drain(0.1)
             done, pending = wait(pending, timeout=0.0, return_when=FIRST_COMPLETED)
             for future in done:
-                spec, seed = futures[future]
                 try:
-                    result = future.result()
+                    unit_results = future.result()
                 except Exception as error:  # a worker process that died (killed, out of memory)
-                    result = RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
-                results[(spec.label, seed)] = result
-                bars.finish((spec.label, seed), result)
+                    unit_results = [RunResult("", spec.label, seed, FAILED, [], f"{type(error).__name__}: {error}")
+                                    for spec, seed in futures[future]]
+                for result in unit_results:
+                    results[(result.optimizer, result.seed)] = result
+                    bars.finish((result.optimizer, result.seed), result)
         drain(0.2)
     except BaseException:  # Ctrl-C (workers ignore it) or an error here: stop the workers now
         # Without this, interpreter exit would wait for the jobs in flight and the ones queued

@@ -167,6 +167,10 @@ class SearchSetup:
     pruner: str = "median"
     seed: int = 0
     val_fraction: float | None = None  # None: the task's own validation split (20% when it has none)
+    # Trials of a vectorizable optimizer train as populations (sgdlab.lab.tune.populations).
+    population: bool = True
+    # Local worker processes sharing the study (set by search()): a population takes its share.
+    local_workers: int = 1
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -512,6 +516,12 @@ def run_worker(
         remaining = setup.n_trials - counts["done"] - counts["running"]
         if remaining <= 0:
             return
+    from sgdlab.lab.tune import populations
+
+    if setup.population and populations.vectorizable(setup, val_task):
+        populations.optimize(study, setup, space, val_task, remaining=remaining, timeout=setup.timeout,
+                             callbacks=callbacks or [])
+        return
     study.optimize(
         make_objective(setup, space, val_task), n_trials=remaining, timeout=setup.timeout,
         callbacks=[_Budget(setup.n_trials), *(callbacks or [])], gc_after_trial=False,
@@ -579,7 +589,8 @@ def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> 
     start = context.Barrier(workers)
     prefix = lab_warning_prefix()
     processes = [
-        context.Process(target=_worker_process, args=(setup, i, start, os.getpid(), prefix), daemon=False)
+        context.Process(target=_worker_process, args=(dataclasses.replace(setup, local_workers=workers), i, start,
+                                                      os.getpid(), prefix), daemon=False)
         for i in range(workers)
     ]
     for process in processes:
