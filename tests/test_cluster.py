@@ -102,3 +102,45 @@ def test_a_cluster_address_that_cannot_be_used_is_one_line_and_exit_code_2(capsy
     assert main(["compare", "--task", "digits", "--cluster", "local:many", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("sgdlab compare: error: --cluster local:many:") and error.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [["benchmark", "--task", "logistic"],
+                                     ["tune", "search", "--task", "digits", "--opt", "sgd"]])
+def test_benchmark_and_tune_take_a_cluster_address_and_refuse_a_bad_one_in_one_line(command, capsys, tmp_path):
+    from sgdlab.cli import main
+
+    argv = [*command, "--cluster", "local:many", "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"sgdlab {command[0]}") and "--cluster local:many:" in error
+    assert error.count("\n") == 1
+
+
+def test_a_tuning_search_runs_its_workers_on_the_cluster(client, tmp_path):
+    """Two search workers as cluster tasks share one study: the budget is spent once, by the
+    cluster's processes (not this one)."""
+    import optuna
+
+    from sgdlab.lab.tune.search import SearchSetup, open_storage, search
+
+    task = tiny_task()
+    setup = SearchSetup(task=task, spec=parse_spec("sgd", task=task), space_text="lr=1e-3:1", study_name="cluster",
+                        out=tmp_path / "tune", n_trials=4, epochs=1, population=False)
+    result = search(setup, workers=2, progress=False, cluster=client)
+    assert result.counts["complete"] == 4
+    study = optuna.load_study(study_name="cluster", storage=open_storage(None, setup.out))
+    workers = {key.rsplit(":", 1)[1] for key in study.user_attrs if key.startswith("worker:")}
+    assert len(workers) == 2 and str(os.getpid()) not in workers
+    assert search(setup, workers=2, progress=False, cluster=client).counts["complete"] == 4  # spent: no new trial
+
+
+def test_a_benchmark_on_the_cluster_logs_what_a_local_one_logs(client, tmp_path):
+    from sgdlab.lab import benchmark as bench
+
+    workloads = [bench.workload("logistic", None, 1)]
+    specs = bench.load_specs(["sgd"], False)
+    for where, cluster in (("local", None), ("cluster", client)):
+        bench.run_benchmark(workloads, specs, studies=1, trials=1, out=tmp_path / where, progress=False,
+                            cluster=cluster)
+    for ruleset in ("self-tuning", "external"):
+        assert _log(tmp_path / "cluster" / "logistic" / ruleset) == _log(tmp_path / "local" / "logistic" / ruleset)

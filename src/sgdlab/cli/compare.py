@@ -162,10 +162,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         if cluster is not None:
-            local = getattr(cluster, "cluster", None) if args.cluster.startswith("local:") else None
-            cluster.close()
-            if local is not None:
-                local.close()
+            from sgdlab.lab.cluster import disconnect
+
+            disconnect(cluster)
     preload.join()
     from sgdlab.lab.report import build_report, print_report, write_report
 

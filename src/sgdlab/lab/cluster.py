@@ -57,6 +57,14 @@ def connect(address: str) -> Any:
     return Client(address, timeout="10s")
 
 
+def disconnect(client: Any) -> None:
+    """Close a client of :func:`connect`, and the local cluster it started, if any."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def run_units(address: str | Any, task: Any, units: Sequence[Sequence[Any]], budget: Budget,
               batch_size: int | None, checkpoints: dict, log: Callable[[dict], None], bars: Any) -> dict:
     """Run ``units`` as tasks on the cluster at ``address`` (or a ``distributed.Client``); returns
@@ -100,8 +108,5 @@ def run_units(address: str | Any, task: Any, units: Sequence[Sequence[Any]], bud
                 bars.finish((result.optimizer, result.seed), result)
     finally:
         if own:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None:
-                cluster.close()
+            disconnect(client)
     return results
