@@ -106,6 +106,18 @@ def _rules(rule: Rule) -> list[Rule]:
     return found
 
 
+#: keras.optimizers.Optimizer's own arguments: every class's signature lists them (Keras's
+#: signatures), and hands them on to the base class unchanged.
+KERAS_BASE_ARGUMENTS = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+                        "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
+                        "gradient_accumulation_steps", "name")
+
+
+def base_arguments(values: dict[str, Any]) -> dict[str, Any]:
+    """The Keras base class's arguments among a constructor's ``locals()``."""
+    return {key: values[key] for key in KERAS_BASE_ARGUMENTS if key in values}
+
+
 def learning_rate_value(learning_rate: Any) -> float:
     """A learning rate to validate: a number as it is; a schedule or callable is Keras's to
     check (0 stands in for it)."""

@@ -20,7 +20,7 @@ from sgdlab.algorithms.decay import decay
 from sgdlab.algorithms.muon import EPS, MUON, MUON_WITH_ADAMW, lr_scale, newton_schulz
 from sgdlab.algorithms.rule import Rule
 from sgdlab.keras._ops import OPS
-from sgdlab.keras.base import RuleOptimizer, value_of
+from sgdlab.keras.base import RuleOptimizer, base_arguments, value_of
 
 
 @keras.saving.register_keras_serializable(package="sgdlab")
@@ -77,16 +77,7 @@ class Muon(RuleOptimizer):
                 "ns_steps": ns_steps, "nesterov": nesterov, "rms_rate": rms_rate,
             },
             convention=convention,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
+            **base_arguments(locals()),
             **kwargs,
         )
         self.exclude_layers = exclude_layers or []

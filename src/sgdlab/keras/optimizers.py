@@ -19,7 +19,7 @@ import keras
 
 from sgdlab import algorithms
 from sgdlab.keras._arguments import check_momentum, check_weight_decay
-from sgdlab.keras.base import RuleOptimizer
+from sgdlab.keras.base import RuleOptimizer, base_arguments
 
 __all__ = ["SGD", "Adam", "AdamW", "RuleOptimizer"]
 
@@ -60,16 +60,7 @@ class SGD(RuleOptimizer):
             # Keras accepts nesterov without momentum, where it changes nothing.
             hyperparameters={"momentum": momentum, "nesterov": bool(nesterov) and momentum != 0},
             convention=convention,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
+            **base_arguments(locals()),
             **kwargs,
         )
         self.nesterov = bool(nesterov)
@@ -113,16 +104,7 @@ class Adam(RuleOptimizer):
             hyperparameters={"beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
                              "amsgrad": bool(amsgrad)},
             convention=convention,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
+            **base_arguments(locals()),
             **kwargs,
         )
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
@@ -164,16 +146,7 @@ class AdamW(Adam):
             beta_2=beta_2,
             epsilon=epsilon,
             amsgrad=amsgrad,
-            weight_decay=weight_decay,
-            clipnorm=clipnorm,
-            clipvalue=clipvalue,
-            global_clipnorm=global_clipnorm,
-            use_ema=use_ema,
-            ema_momentum=ema_momentum,
-            ema_overwrite_frequency=ema_overwrite_frequency,
-            loss_scale_factor=loss_scale_factor,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            name=name,
+            **base_arguments(locals()),
             convention=convention,
             **kwargs,
         )
