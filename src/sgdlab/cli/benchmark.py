@@ -43,9 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trials", default=None, metavar="K",
                         help="external tuning: trials per study (default: 5; --quick 3)")
     parser.add_argument("--workers", default=None, metavar="N", help="parallel worker processes (default: 1)")
-    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
-                        help="run the races on a Dask distributed cluster (tcp://host:8786; local:N starts N "
-                        "local workers); --out must be on storage every worker can reach")
     parser.add_argument("--quick", action="store_true", help="a small suite that finishes in a few minutes")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="report directory (default: runs/benchmark-<timestamp>); reuse it to resume")
@@ -127,14 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
     from sgdlab.lab.benchmark_report import print_report, write_report
 
-    cluster = None
-    if args.cluster:
-        from sgdlab.lab.cluster import connect
-
-        try:
-            cluster = connect(args.cluster)
-        except (ImportError, OSError, ValueError) as error:
-            return _error(f"--cluster {args.cluster}: {error}")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
@@ -142,16 +131,11 @@ def run(args: argparse.Namespace) -> int:
                   f"{studies} studies, {trials} trials per external-tuning study; report in {out}")
     try:
         result = bench.run_benchmark(workloads, specs, studies=studies, trials=trials, out=out, workers=workers,
-                                     progress=not args.no_progress, console=console, cluster=cluster,
+                                     progress=not args.no_progress, console=console,
                                      on_workload=lambda line: console.print(line, highlight=False))
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: rerun with --out {out} to continue where it stopped")
         return 130
-    finally:
-        if cluster is not None:
-            from sgdlab.lab.cluster import disconnect
-
-            disconnect(cluster)
     print_report(result, console)
     paths = write_report(result, out)
     console.print(f"report: {paths['html']} (also report.md, benchmark.json, plots/performance_profiles.png)")

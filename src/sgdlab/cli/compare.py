@@ -162,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         if cluster is not None:
-            from sgdlab.lab.cluster import disconnect
-
-            disconnect(cluster)
+            local = getattr(cluster, "cluster", None) if args.cluster.startswith("local:") else None
+            cluster.close()
+            if local is not None:
+                local.close()
     preload.join()
     from sgdlab.lab.report import build_report, print_report, write_report
 

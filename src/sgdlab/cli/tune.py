@@ -87,13 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Optuna storage: a file (journal; *.db = SQLite) or URL sqlite:///, postgresql://, "
                         "mysql://, redis:// (default: OUT/study.journal)")
     search.add_argument("--study-name", default=None, help="study name (default: <task>-<opt>)")
-    search.add_argument("--workers", type=int_at_least(1), default=None,
-                        help="worker processes sharing the study (default: 1; with --cluster, one per "
-                        "cluster worker)")
-    search.add_argument("--cluster", default=None, metavar="ADDRESS",
-                        help="run the workers on a Dask distributed cluster (tcp://host:8786; local:N starts "
-                        "N local workers); the storage must reach every worker (a database URL, or --out on "
-                        "shared storage)")
+    search.add_argument("--workers", type=int_at_least(1), default=1,
+                        help="local worker processes sharing the study (default: 1)")
     search.add_argument("--val-fraction", type=float, default=None,
                         help="share of the training data held out for validation (default: the task's own "
                         "validation split; 0.2 for a task without one)")
@@ -274,17 +269,6 @@ def run_search(args: argparse.Namespace) -> int:
     except (SpaceError, ValueError) as error:
         return _error(str(error))
 
-    cluster = None
-    if args.cluster:
-        from sgdlab.lab.cluster import connect
-
-        try:
-            cluster = connect(args.cluster)
-        except (ImportError, OSError, ValueError) as error:
-            return _error(f"--cluster {args.cluster}: {error}")
-        if args.workers is None:
-            args.workers = max(1, len(cluster.scheduler_info().get("workers", {})))
-    args.workers = args.workers or 1
     budget = " and ".join(x for x in (f"{n_trials} trials" if n_trials else "", f"{args.timeout:g} s" if args.timeout
                                       else "") if x)
     console.print(f"[bold]sgdlab tune search[/bold] {task.name}: {task.description}\n"
@@ -294,18 +278,12 @@ def run_search(args: argparse.Namespace) -> int:
     for line in space.describe():
         console.print(f"  {line}", highlight=False)
     try:
-        result = search(setup, workers=args.workers, progress=not args.no_progress, console=console,
-                        cluster=cluster)
+        result = search(setup, workers=args.workers, progress=not args.no_progress, console=console)
     except ValueError as error:  # StorageError, a study of another search
         return _error(str(error))
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/yellow]: rerun the same command to resume the study")
         return 130
-    finally:
-        if cluster is not None:
-            from sgdlab.lab.cluster import disconnect
-
-            disconnect(cluster)
     write_search_json(result, out / "search.json")
     c = result.counts
     if result.recovered:

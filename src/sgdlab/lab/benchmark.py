@@ -209,10 +209,9 @@ class BenchmarkResult:
 def run_benchmark(
     workloads: Sequence[Workload], specs: Sequence[OptimizerSpec], *, studies: int = 3, trials: int = 5,
     out: str | Path, workers: int | None = None, progress: bool = True, console: Any = None,
-    on_workload: Callable[[str], Any] | None = None, cluster: Any = None,
+    on_workload: Callable[[str], Any] | None = None,
 ) -> BenchmarkResult:
-    """Run both rulesets on every workload; resumable through the races' checkpoints under ``out``.
-    ``cluster``: a Dask client (:func:`sgdlab.lab.cluster.connect`) the races run on."""
+    """Run both rulesets on every workload; resumable through the races' checkpoints under ``out``."""
     import time
 
     from sgdlab.lab.runner import run_race
@@ -236,12 +235,12 @@ def run_benchmark(
         stop_at = (key, w.target, higher)  # as in AlgoPerf, a run ends when it reaches the target
         self_race = run_race(task, specs, seeds=list(range(studies)), epochs=w.epochs, workers=workers,
                              out=out / _slug(w.task) / "self-tuning", progress=progress, console=console,
-                             stop_at=stop_at, cluster=cluster)
+                             stop_at=stop_at)
         drawn = {spec.label: [sample_configurations(spec, task, trials, s) for s in range(studies)] for spec in specs}
         trial_specs = [c for spec in specs for study in drawn[spec.label] for c in study]
         external = run_race(task, trial_specs, seeds=[0], epochs=w.epochs, workers=workers,
                             out=out / _slug(w.task) / "external", progress=progress, console=console,
-                            stop_at=stop_at, cluster=cluster)
+                            stop_at=stop_at)
         by_label = {run.optimizer: run for run in self_race.runs + external.runs}
         times: dict[str, dict[str, dict[str, list[Any]]]] = {r: {} for r in RULESETS}
         best_val: dict[str, dict[str, float | None]] = {r: {} for r in RULESETS}

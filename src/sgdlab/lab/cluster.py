@@ -57,14 +57,6 @@ def connect(address: str) -> Any:
     return Client(address, timeout="10s")
 
 
-def disconnect(client: Any) -> None:
-    """Close a client of :func:`connect`, and the local cluster it started, if any."""
-    cluster = getattr(client, "cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
-
-
 def run_units(address: str | Any, task: Any, units: Sequence[Sequence[Any]], budget: Budget,
               batch_size: int | None, checkpoints: dict, log: Callable[[dict], None], bars: Any) -> dict:
     """Run ``units`` as tasks on the cluster at ``address`` (or a ``distributed.Client``); returns
@@ -108,5 +100,8 @@ def run_units(address: str | Any, task: Any, units: Sequence[Sequence[Any]], bud
                 bars.finish((result.optimizer, result.seed), result)
     finally:
         if own:
-            disconnect(client)
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()
     return results

@@ -554,11 +554,8 @@ class SearchResult:
         return spec, batch_size or self.setup.task.batch_size, trial
 
 
-def search(setup: SearchSetup, *, workers: int = 1, progress: bool = True, console: Any = None,
-           cluster: Any = None) -> SearchResult:
-    """Run (or resume) the study with ``workers`` local processes, or with ``workers`` tasks on a
-    Dask distributed ``cluster`` (a ``distributed.Client``: :func:`sgdlab.lab.cluster.connect`),
-    which then must reach the study's storage too; returns when the budget is spent."""
+def search(setup: SearchSetup, *, workers: int = 1, progress: bool = True, console: Any = None) -> SearchResult:
+    """Run (or resume) the study with ``workers`` local processes; returns when the budget is spent."""
     import optuna
 
     if workers < 1:
@@ -572,9 +569,7 @@ def search(setup: SearchSetup, *, workers: int = 1, progress: bool = True, conso
     started = time.perf_counter()
     bar = _SearchProgress(setup, study, enabled=progress, console=console)
     with bar:
-        if cluster is not None:
-            _run_on_cluster(setup, workers, cluster, bar)
-        elif workers == 1:
+        if workers == 1:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)  # the same numbers as in worker processes
             try:
@@ -585,37 +580,6 @@ def search(setup: SearchSetup, *, workers: int = 1, progress: bool = True, conso
             _run_processes(setup, workers, bar)
     counts = count_trials(study)
     return SearchResult(study, setup, space, counts, recovered, time.perf_counter() - started)
-
-
-def _cluster_worker(setup: SearchSetup, worker: int, prefix: str) -> None:
-    one_line_lab_warnings(prefix)
-    torch.set_num_threads(1)  # as in local worker processes: the same numbers
-    run_worker(setup, worker)
-
-
-def _run_on_cluster(setup: SearchSetup, workers: int, client: Any, bar: "_SearchProgress") -> None:
-    """``workers`` search workers as tasks on a Dask cluster, all joining the one study (through
-    its storage, which every machine must reach: a database URL, or a journal file on storage
-    they share). A worker lost with its machine leaves its running trial to the stale-trial
-    recovery of the next search; Dask runs the lost task again, which joins the study again."""
-    import uuid
-
-    tag = uuid.uuid4().hex[:8]
-    futures = [client.submit(_cluster_worker, dataclasses.replace(setup, local_workers=1), i,
-                             lab_warning_prefix(), key=f"sgdlab-tune-{tag}-{i}", pure=False)
-               for i in range(workers)]
-    try:
-        while not all(future.done() for future in futures):
-            time.sleep(0.5)
-            bar.refresh()
-    finally:
-        for future in futures:  # on Ctrl-C: stop what has not started; trials are recovered
-            if not future.done():
-                future.cancel()
-    failed = [future for future in futures if future.status == "error"]
-    if failed and len(failed) == len(futures):
-        raise RuntimeError(f"all {workers} search workers failed on the cluster: "
-                           f"{failed[0].exception()!r}")
 
 
 def _run_processes(setup: SearchSetup, workers: int, bar: "_SearchProgress") -> None:
