@@ -122,8 +122,7 @@ class RuleOptimizer(Optimizer):
                 str(state_dtype).removeprefix("torch.") not in dtypes for dtypes in named):
             raise ValueError(
                 f"Invalid state_dtype: {state_dtype!r} ({type(self).__name__} stores its state in "
-                f"{' or '.join(sorted(set(named[0])))} at most: 8-bit codes are encoded by the "
-                "grouped elementwise execution path only, and its update is not elementwise)"
+                f"{' or '.join(sorted(set(named[0])))} at most)"
             )
         if state_dtype is not None and not type(self).compact_state_supported:
             why = ""
@@ -182,8 +181,9 @@ class RuleOptimizer(Optimizer):
         """Reject gradients the rule cannot use (e.g. sparse gradients for Adam)."""
 
     def rule_for(self, group: dict[str, Any]) -> Callable[..., Any]:
-        """The rule that updates ``group`` now: ``rule``, unless a subclass changes rules
-        between steps (SWATS); ``rule_hyperparameters`` gives its keyword arguments."""
+        """The rule that updates ``group`` now: ``rule``. A subclass without a declaration may
+        change rules between steps here (sgdlab's own change phases inside one declared rule,
+        as SWATS does); ``rule_hyperparameters`` gives its keyword arguments."""
         return type(self).rule
 
     # --- group-level steps --------------------------------------------------------------------
