@@ -50,7 +50,10 @@ def connect(address: str) -> Any:
     if address.startswith("local:"):
         import dask
 
-        workers = int(address.split(":", 1)[1] or 2)
+        count = address.split(":", 1)[1] or "2"
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"expected local:N with N a positive number of worker processes, got {address!r}")
+        workers = int(count)
         dask.config.set({"distributed.scheduler.allowed-failures": 0})  # REDO_LOST decides
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         return Client(cluster)
